@@ -1,0 +1,50 @@
+# Quick start: `make demo` and `make test`. Both set everything up first.
+# The virtual environment is built from Debian's python3, not a pyenv build
+# under /root, so that other users (per-user mount tests) can run it too.
+PYTHON_BASE ?= /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr
+
+.PHONY: all setup system venv test lint typecheck pytest demo bench clean
+
+all: test
+
+setup: system venv
+
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check butler butlerfs tests bench
+	$(VENV)/bin/ruff format --check butler butlerfs tests bench
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+demo: setup
+	$(PY) -m butler.demo
+
+bench: setup
+	$(PY) bench/library.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-work

@@ -1,0 +1,305 @@
+"""Policy: genres, dataset types and their locations, merged from three levels.
+
+A policy is the ``policy:`` mapping of ``butler.yaml`` (SPEC §3).  Levels merge
+by a deep dictionary merge, later wins: repository < aggregator file or
+``Butler(policy=)`` < command line.  Lists (``locations``, ``keys`` orders) are
+replaced whole, never concatenated, so an override always means what it says.
+
+A dataset type without ``locations`` gets one ``rw`` location built from its
+own ``template``/``storage``/``python`` falling back to its genre's.  With
+``locations`` those are used as written (each may omit ``storage``/``python``,
+inheriting the dataset type's, then the genre's).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from butler import formats, yamlio
+from butler.errors import ConfigError, UnknownDatasetTypeError
+from butler.template import KEY_TYPES, Template, validate_dataset_type_name
+
+MODES = ("r", "w", "rw")
+ON_EXISTS = ("version", "error")
+_GENRE_FIELDS = {"keys", "template", "storage", "python"}
+_TYPE_FIELDS = {"genre", "template", "storage", "python", "locations"}
+_LOCATION_FIELDS = {"template", "storage", "python", "mode"}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where and how one dataset type is stored in one repository."""
+
+    template: Template
+    storage: str
+    python: str | None
+    mode: str
+
+    @property
+    def readable(self) -> bool:
+        return "r" in self.mode
+
+    @property
+    def writable(self) -> bool:
+        return "w" in self.mode
+
+
+@dataclass(frozen=True)
+class DatasetTypeDef:
+    """A dataset type as one policy sees it: its genre's keys and its locations."""
+
+    name: str
+    genre: str
+    keys: dict[str, type]
+    locations: tuple[Location, ...]
+    #: The mapping as written in ``datasetTypes:``, copied into an output at its first put.
+    raw: dict[str, object] = field(compare=False)
+
+    @property
+    def primary(self) -> Location:
+        """The location ``get`` reads: the first readable one."""
+        for location in self.locations:
+            if location.readable:
+                return location
+        raise ConfigError(
+            f"dataset type {self.name!r} has no readable location; "
+            "give one of its locations mode 'r' or 'rw'"
+        )
+
+    def with_storage(self, storage: str) -> DatasetTypeDef:
+        """The same type stored as ``storage`` in every location (an output's ``storage:`` map).
+
+        The template's extension follows the format (``.fits`` becomes ``.h5``), so a
+        file's name keeps saying what it holds.
+        """
+        extension = formats.get_format(storage).extension
+        changed = []
+        for location in self.locations:
+            text = location.template.text
+            root, old_extension = posixpath.splitext(text)
+            if old_extension and "}" not in old_extension:
+                text = root + extension
+            changed.append(Location(Template(text, self.keys), storage, None, location.mode))
+        raw = dict(self.raw)
+        raw["storage"] = storage
+        return DatasetTypeDef(self.name, self.genre, self.keys, tuple(changed), raw)
+
+
+@dataclass(frozen=True)
+class Genre:
+    name: str
+    keys: dict[str, type]
+    template: str
+    storage: str
+    python: str | None
+
+
+class Policy:
+    """A validated policy.  Build with :meth:`from_mapping`; ``raw`` is what was validated."""
+
+    def __init__(
+        self, raw: dict[str, object], genres: dict[str, Genre], types: dict[str, DatasetTypeDef]
+    ) -> None:
+        self.raw = raw
+        self.genres = genres
+        self.dataset_types = types
+        on_exists = raw.get("on_exists", "version")
+        self.on_exists = str(on_exists)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, object] | None, source: str) -> Policy:
+        """Validate ``raw``; every problem is a ConfigError naming ``source`` and the fix."""
+        data = dict(copy.deepcopy(raw or {}))
+        _check_fields(data, {"on_exists", "genres", "datasetTypes"}, "policy", source)
+        if data.get("on_exists", "version") not in ON_EXISTS:
+            raise ConfigError(
+                f"{source}: on_exists is {data.get('on_exists')!r}; use one of {ON_EXISTS}"
+            )
+        genres = {
+            name: _build_genre(name, spec, source)
+            for name, spec in _mapping(data.get("genres"), "genres", source).items()
+        }
+        types = {
+            name: _build_type(name, spec, genres, source)
+            for name, spec in _mapping(data.get("datasetTypes"), "datasetTypes", source).items()
+        }
+        return cls(data, genres, types)
+
+    def dataset_type(self, name: str) -> DatasetTypeDef:
+        try:
+            return self.dataset_types[name]
+        except KeyError:
+            known = ", ".join(sorted(self.dataset_types)) or "none"
+            raise UnknownDatasetTypeError(
+                f"unknown dataset type {name!r} (defined: {known}); "
+                f"define it first, e.g. butler.define({name!r}, genre=...)"
+            ) from None
+
+    def genre(self, name: str) -> Genre:
+        try:
+            return self.genres[name]
+        except KeyError:
+            known = ", ".join(sorted(self.genres)) or "none"
+            raise ConfigError(
+                f"unknown genre {name!r} (known: {known}); add it under policy.genres"
+            ) from None
+
+    def define(self, name: str, genre: str, overrides: Mapping[str, object]) -> DatasetTypeDef:
+        """Build (without recording) a new dataset type of ``genre``."""
+        spec: dict[str, object] = {"genre": genre, **overrides}
+        return _build_type(name, spec, self.genres, "define()")
+
+    def digest(self) -> str:
+        """A stable hash of the policy, recorded in provenance."""
+        text = json.dumps(self.raw, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def merge(*levels: Mapping[str, object] | None) -> dict[str, object]:
+    """Deep-merge policy mappings, later wins; lists and scalars are replaced whole."""
+    result: dict[str, object] = {}
+    for level in levels:
+        if level:
+            _merge_into(result, level)
+    return result
+
+
+def _merge_into(target: dict[str, object], override: Mapping[str, object]) -> None:
+    for key, value in override.items():
+        existing = target.get(key)
+        if isinstance(existing, dict) and isinstance(value, Mapping):
+            _merge_into(existing, value)
+        elif isinstance(value, Mapping):
+            target[key] = _merge_fresh(value)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def _merge_fresh(value: Mapping[str, object]) -> dict[str, object]:
+    fresh: dict[str, object] = {}
+    _merge_into(fresh, value)
+    return fresh
+
+
+def assignments_to_policy(assignments: Iterable[str]) -> dict[str, object]:
+    """``["on_exists=error", "datasetTypes.calexp.storage=hdf5"]`` as a policy mapping.
+
+    Values are read as YAML scalars, so ``5`` is an int and ``[a, b]`` a list.
+    """
+    result: dict[str, object] = {}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--policy {assignment!r} is not KEY=VALUE; e.g. on_exists=error")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--policy {assignment!r} conflicts with an earlier setting")
+            node = child
+        node[leaf] = yamlio.loads(text) if text else ""
+    return result
+
+
+def _mapping(value: object, what: str, source: str) -> dict[str, object]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {what} must be a mapping, not {type(value).__name__}")
+    return {str(key): item for key, item in value.items()}
+
+
+def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, source: str) -> None:
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(
+            f"{source}: {what} has unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+
+
+def _check_storage(storage: object, what: str, source: str) -> str:
+    if not isinstance(storage, str) or storage not in formats.known_formats():
+        raise ConfigError(
+            f"{source}: {what} uses unknown storage format {storage!r}; "
+            f"known: {', '.join(formats.known_formats())}"
+        )
+    return storage
+
+
+def _build_genre(name: str, spec: object, source: str) -> Genre:
+    where = f"genre {name!r}"
+    spec = _mapping(spec, where, source)
+    _check_fields(spec, _GENRE_FIELDS, where, source)
+    for required in ("keys", "template", "storage"):
+        if required not in spec:
+            raise ConfigError(f"{source}: {where} needs {required!r}")
+    keys: dict[str, type] = {}
+    for key, type_name in _mapping(spec["keys"], f"{where} keys", source).items():
+        if type_name not in KEY_TYPES:
+            raise ConfigError(
+                f"{source}: {where} key {key!r} has type {type_name!r}; use one of "
+                f"{sorted(KEY_TYPES)}"
+            )
+        keys[key] = KEY_TYPES[str(type_name)]
+    template = str(spec["template"])
+    _template(template, keys, where, source)
+    storage = _check_storage(spec["storage"], where, source)
+    python = spec.get("python")
+    return Genre(name, keys, template, storage, None if python is None else str(python))
+
+
+def _template(text: str, keys: dict[str, type], where: str, source: str) -> Template:
+    try:
+        return Template(text, keys)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+def _build_type(
+    name: str, spec: object, genres: Mapping[str, Genre], source: str
+) -> DatasetTypeDef:
+    where = f"dataset type {name!r}"
+    try:
+        validate_dataset_type_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    spec = _mapping(spec, where, source)
+    _check_fields(spec, _TYPE_FIELDS, where, source)
+    genre_name = spec.get("genre")
+    if genre_name not in genres:
+        known = ", ".join(sorted(genres)) or "none"
+        raise ConfigError(
+            f"{source}: {where} has unknown genre {genre_name!r} (known: {known}); "
+            "add the genre under policy.genres or pick a known one"
+        )
+    genre = genres[str(genre_name)]
+    storage = str(spec.get("storage", genre.storage))
+    python = spec.get("python", genre.python)
+    entries = spec.get("locations")
+    if entries is None:
+        entries = [{"template": spec.get("template", genre.template), "mode": "rw"}]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: {where} locations must be a non-empty list")
+    locations = []
+    for index, entry in enumerate(entries):
+        lwhere = f"{where} location {index}"
+        entry = _mapping(entry, lwhere, source)
+        _check_fields(entry, _LOCATION_FIELDS, lwhere, source)
+        mode = entry.get("mode", "rw")
+        if mode not in MODES:
+            raise ConfigError(f"{source}: {lwhere} has mode {mode!r}; use one of {MODES}")
+        template = _template(str(entry.get("template", genre.template)), genre.keys, lwhere, source)
+        lstorage = _check_storage(entry.get("storage", storage), lwhere, source)
+        lpython = entry.get("python", python if lstorage == storage else None)
+        locations.append(
+            Location(template, lstorage, None if lpython is None else str(lpython), str(mode))
+        )
+    definition = DatasetTypeDef(name, genre.name, genre.keys, tuple(locations), dict(spec))
+    definition.primary  # noqa: B018 - validates that some location is readable
+    return definition
