@@ -1,7 +1,7 @@
 """The all-or-nothing duplicated put, and its recovery.  The protocol, in short
 (docs/design.md has the argument for why it is safe):
 
-1. **Stage** (no lock): every payload is written to ``.butler/staging/<txid>.<n>``
+1. **Stage** (no lock): every payload is written to ``.butler/staging/<txid>.<owner>.<n>``
    in every output and fsynced.  Any failure (a full disk, an exception) removes
    what was staged; nothing is visible, nothing is recorded.
 2. **Prepare** (all outputs locked, in path order): each output gets
@@ -25,26 +25,34 @@ is left for ``butler repair`` and stays invisible meanwhile.
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from butler.errors import ButlerError, DatasetExistsError, TransactionError
 from butler.registry import Commit, FileEntry, canonical_data_id
 from butler.repository import DataRepository, fsync_directory
 
 log = logging.getLogger("butler.transaction")
+T = TypeVar("T")
 
-# A staged file with no journal is either a put in its stage phase or a leftover
-# of a crash during staging.  After this long it can only be a leftover.
-STALE_STAGING_SECONDS = 3600.0
+# Staged files are named <txid>.<owner>.<n>.  The owner is a process that holds
+# .butler/staging/owner-<owner>.lock locked for as long as it lives, so a staged
+# file with no journal whose owner's lock can be taken is a crash's leftover.
+_owners: dict[Path, tuple[int, str, int]] = {}
+_owners_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -88,62 +96,116 @@ def put(
     payloads: Mapping[str, Payload],
     provenance: Mapping[str, object],
 ) -> list[Commit]:
-    """Write one dataset to every target, all or nothing.  Returns one Commit per target."""
+    """Write one dataset to every target, all or nothing.  Returns one Commit per target.
+
+    Each phase runs for all outputs at once in worker threads: the time of a put is
+    that of its slowest output, not the sum (fsync releases the GIL).
+    """
     txid = new_txid()
-    staged: list[Path] = []
-    try:
-        for target in targets:
-            for index, planned in enumerate(target.files):
-                staging = target.repo.internal / "staging" / f"{txid}.{index}"
-                _write_durably(staging, payloads[planned.storage].data)
-                staged.append(staging)
-    except OSError as exc:
-        _remove_all(staged)
-        raise TransactionError(
-            f"put of {dataset_type} {dict(data_id)} failed while writing ({exc}); no output "
-            "was changed; free space or fix the output, then retry"
-        ) from exc
-    except BaseException:
-        _remove_all(staged)
-        raise
+    what = f"{dataset_type} {dict(data_id)}"
+    staged = [
+        (
+            target.repo.internal / "staging" / f"{txid}.{_owner(target.repo)}.{index}",
+            payloads[planned.storage].data,
+        )
+        for target in targets
+        for index, planned in enumerate(target.files)
+    ]
+    failure = _first_failure(_each(lambda item: _write_durably(*item), staged))
+    if failure is not None:
+        _remove_all([path for path, _ in staged])
+        if isinstance(failure, OSError):
+            raise TransactionError(
+                f"put of {what} failed while writing ({failure}); no output was changed; "
+                "free space or fix the output, then retry"
+            ) from failure
+        raise failure
+    _crash_point("staged")
 
     participants = [str(target.repo.path) for target in targets]
     with _locked(sorted({target.repo.path: target.repo for target in targets}.items())):
-        journals: list[Path] = []
-        plans: list[dict[str, object]] = []
+        committed = time.time()
         try:
-            committed = time.time()
+            plans = []
             for target in targets:
                 recover_locked(target.repo)
                 plan = _plan(target, txid, dataset_type, data_id, payloads, provenance)
-                plan["participants"] = participants
-                plan["committed"] = committed
-                plans.append(plan)
-            for target, plan in zip(targets, plans, strict=True):
-                journals.append(_write_journal(target.repo, txid, plan))
-        except BaseException as exc:
-            _remove_all(journals)
-            _remove_all(staged)
-            if isinstance(exc, OSError) and not isinstance(exc, ButlerError):
-                raise TransactionError(
-                    f"put of {dataset_type} {dict(data_id)} failed while preparing ({exc}); "
-                    "no output was changed; fix the output, then retry"
-                ) from exc
+                plans.append({**plan, "participants": participants, "committed": committed})
+        except BaseException:
+            _remove_all([path for path, _ in staged])
             raise
-        # Commit point passed: every participant holds its journal.
-        failures = []
-        for target, plan in zip(targets, plans, strict=True):
-            try:
-                apply_journal(target.repo, plan)
-            except OSError as exc:  # rolled forward at the next open or by 'butler repair'
-                failures.append(f"{target.repo.label}: {exc}")
+        journals = [t.repo.internal / "journal" / f"{txid}.json" for t in targets]
+        failure = _first_failure(
+            _each(lambda item: _write_journal(*item), zip(journals, plans, strict=True))
+        )
+        if failure is not None:
+            _remove_all(journals + [path for path, _ in staged])
+            if isinstance(failure, OSError) and not isinstance(failure, ButlerError):
+                raise TransactionError(
+                    f"put of {what} failed while preparing ({failure}); no output was "
+                    "changed; fix the output, then retry"
+                ) from failure
+            raise failure
+        # Commit point passed: every participant holds its journal.  Only forward now.
+        _crash_point("prepared")
+        results = _each(
+            lambda item: apply_journal(*item), zip([t.repo for t in targets], plans, strict=True)
+        )
+        failures = [
+            f"{target.repo.label}: {result}"
+            for target, result in zip(targets, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
         if failures:
             raise TransactionError(
-                f"put of {dataset_type} {dict(data_id)} is committed but not yet applied in "
-                f"{'; '.join(failures)}; it completes when the repository is next opened, "
-                "or run 'butler repair'"
+                f"put of {what} is committed but not yet applied in {'; '.join(failures)}; "
+                "it completes when the repository is next opened, or run 'butler repair'"
             )
     return [_commit_of(plan) for plan in plans]
+
+
+# Fault injection for the recovery tests: the process dies at the named step, as in a
+# crash.  Read once at import; production never sets it.
+_CRASH_AT = os.environ.get("BUTLER_TEST_CRASH_AT")
+
+
+def _crash_point(step: str) -> None:
+    """Die here if BUTLER_TEST_CRASH_AT is ``step`` or ``step#n`` (the n-th time here)."""
+    global _crash_count
+    if _CRASH_AT is None:
+        return
+    name, _, nth = _CRASH_AT.partition("#")
+    if name == step:
+        _crash_count += 1
+        if _crash_count >= int(nth or 1):
+            os._exit(70)
+
+
+_crash_count = 0
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _each(function: Callable[[T], object], items: Iterable[T]) -> list[object]:
+    """``function`` over ``items``, concurrently; each result or the exception it raised."""
+    items = list(items)
+    if len(items) < 2 or _CRASH_AT is not None:  # crash tests need a fixed order
+        return [_call(function, item) for item in items]
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="butler-put")
+    futures = [_pool.submit(_call, function, item) for item in items]
+    return [future.result() for future in futures]
+
+
+def _call(function: Callable[[T], object], item: T) -> object:
+    try:
+        return function(item)
+    except BaseException as exc:
+        return exc
+
+
+def _first_failure(results: Iterable[object]) -> BaseException | None:
+    return next((r for r in results if isinstance(r, BaseException)), None)
 
 
 def _plan(
@@ -174,7 +236,7 @@ def _plan(
                 "location": planned.location,
                 "primary": planned.primary,
                 "path": planned.path,
-                "staging": f"{txid}.{index}",
+                "staging": f"{txid}.{_owner(target.repo)}.{index}",
                 "storage": planned.storage,
                 "size": payloads[planned.storage].size,
                 "sha256": payloads[planned.storage].sha256,
@@ -216,7 +278,7 @@ def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
     staging_dir = repo.internal / "staging"
     previous = journal.get("previous")
     touched: set[Path] = set()
-    for entry in journal["files"]:  # type: ignore[attr-defined]
+    for entry in _entries(journal):
         final = repo.path / entry["path"]
         staged = staging_dir / entry["staging"]
         if not staged.exists():
@@ -232,10 +294,13 @@ def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
         touched.add(final.parent)
     for directory in touched:
         fsync_directory(directory)
+    _crash_point("renamed")
     repo.registry.insert(commit)
+    _crash_point("inserted")
     journal_path = repo.internal / "journal" / f"{commit.txid}.json"
     if journal_path.exists():
         os.replace(journal_path, repo.internal / "records" / f"{commit.txid}.json")
+    _crash_point("applied")
 
 
 def recover(repo: DataRepository) -> None:
@@ -250,20 +315,27 @@ def recover(repo: DataRepository) -> None:
     if not pending and not staging:
         return
     with repo.lock():
-        recover_locked(repo)
+        live = recover_locked(repo)
+        _remove_orphans(repo, live)
 
 
-def recover_locked(repo: DataRepository) -> None:
-    """``recover`` for a caller that already holds ``repo.lock()``."""
+def recover_locked(repo: DataRepository) -> set[str]:
+    """Settle the journals of dead writers; the caller holds ``repo.lock()``.
+
+    Returns the transactions left pending (a participant could not be reached).
+    """
     journal_dir = repo.internal / "journal"
     names = os.listdir(journal_dir)
     live: set[str] = set()
     for name in sorted(names):
         path = journal_dir / name
-        if not name.endswith(".json"):
-            path.unlink(missing_ok=True)  # a journal never finished: its put never prepared
+        journal = _load_journal(path)
+        if journal is None:  # cut short by a crash: that put never prepared here
+            txid = name.partition(".")[0]
+            for staged in staging_dir_entries(repo, txid):
+                staged.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             continue
-        journal = json.loads(path.read_text(encoding="utf-8"))
         txid = str(journal["txid"])
         decision = _decide(repo, journal)
         if decision == "commit":
@@ -271,7 +343,7 @@ def recover_locked(repo: DataRepository) -> None:
             apply_journal(repo, journal)
         elif decision == "abort":
             log.warning("%s: rolling back put %s left by a dead writer", repo.label, txid)
-            for entry in journal["files"]:
+            for entry in _entries(journal):
                 (repo.internal / "staging" / entry["staging"]).unlink(missing_ok=True)
             path.unlink()
         else:
@@ -282,7 +354,7 @@ def recover_locked(repo: DataRepository) -> None:
                 repo.label,
                 txid,
             )
-    _remove_stale_staging(repo, live)
+    return live
 
 
 def _decide(repo: DataRepository, journal: Mapping[str, object]) -> str:
@@ -295,32 +367,93 @@ def _decide(repo: DataRepository, journal: Mapping[str, object]) -> str:
         if not internal.is_dir():
             return "unknown"
         if not (
-            (internal / "journal" / f"{txid}.json").exists()
+            _load_journal(internal / "journal" / f"{txid}.json") is not None
             or (internal / "records" / f"{txid}.json").exists()
         ):
             return "abort"
     return "commit"
 
 
-def _remove_stale_staging(repo: DataRepository, keep: set[str]) -> None:
+def _entries(journal: Mapping[str, object]) -> list[dict[str, str]]:
+    files = journal["files"]
+    assert isinstance(files, list)
+    return files
+
+
+def _load_journal(path: Path) -> dict[str, object] | None:
+    """A journal, or None if it is missing or was cut short (so never prepared)."""
+    try:
+        journal = json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
+    return journal if isinstance(journal, dict) and "txid" in journal else None
+
+
+def staging_dir_entries(repo: DataRepository, txid: str) -> list[Path]:
     staging_dir = repo.internal / "staging"
-    horizon = time.time() - STALE_STAGING_SECONDS
+    return [staging_dir / name for name in os.listdir(staging_dir) if name.startswith(txid + ".")]
+
+
+def _owner(repo: DataRepository) -> str:
+    """This process's owner tag in ``repo``, taking its lock on first use."""
+    with _owners_lock:
+        known = _owners.get(repo.internal)
+        if known is not None and known[0] == os.getpid():
+            return known[1]
+        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        fd = os.open(repo.internal / "staging" / f"owner-{tag}.lock", os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _owners[repo.internal] = (os.getpid(), tag, fd)
+        return tag
+
+
+def _release_owners() -> None:
+    for internal, (pid, tag, fd) in list(_owners.items()):
+        if pid == os.getpid():
+            (internal / "staging" / f"owner-{tag}.lock").unlink(missing_ok=True)
+            os.close(fd)
+
+
+atexit.register(_release_owners)
+
+
+def _owner_alive(repo: DataRepository, tag: str) -> bool:
+    try:
+        fd = os.open(repo.internal / "staging" / f"owner-{tag}.lock", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _remove_orphans(repo: DataRepository, keep: set[str]) -> None:
+    """Remove staged files of dead processes that never prepared (no journal)."""
+    staging_dir = repo.internal / "staging"
+    alive: dict[str, bool] = {}
     for name in os.listdir(staging_dir):
-        if name.split(".")[0] in keep:
+        if name.startswith("owner-"):
+            tag = name[len("owner-") : -len(".lock")]
+            if not alive.setdefault(tag, _owner_alive(repo, tag)):
+                (staging_dir / name).unlink(missing_ok=True)
             continue
-        path = staging_dir / name
-        with contextlib.suppress(FileNotFoundError):
-            if path.stat().st_mtime < horizon:
-                path.unlink()
+        txid, _, rest = name.partition(".")
+        tag = rest.partition(".")[0]
+        if txid in keep or alive.setdefault(tag, _owner_alive(repo, tag)):
+            continue
+        (staging_dir / name).unlink(missing_ok=True)
 
 
-def _write_journal(repo: DataRepository, txid: str, journal: Mapping[str, object]) -> Path:
-    journal_dir = repo.internal / "journal"
-    final = journal_dir / f"{txid}.json"
-    _write_durably(journal_dir / f"{txid}.json.tmp", json.dumps(journal).encode())
-    os.rename(journal_dir / f"{txid}.json.tmp", final)
-    fsync_directory(journal_dir)
-    return final
+def _write_journal(final: Path, journal: Mapping[str, object]) -> None:
+    # Written in place: a journal cut short by a crash does not parse, and recovery
+    # treats it as "not prepared", exactly like a missing one.
+    _write_durably(final, json.dumps(journal).encode())
+    fsync_directory(final.parent)
+    _crash_point("journal")
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -1,0 +1,134 @@
+"""The journal's recovery from a crash injected at each step of a put.
+
+A child process puts to two outputs and dies (os._exit, as in a crash) at the
+named step; the next open must leave both outputs with the dataset or neither.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from butler import Butler, DataRepository
+
+POLICY = {
+    "genres": {
+        "meta": {
+            "keys": {"visit": "int"},
+            "template": "{datasetType}/{datasetType}-v{visit:07d}.yaml",
+            "storage": "yaml",
+        }
+    },
+    "datasetTypes": {"info": {"genre": "meta"}},
+}
+
+# Before the commit point a crash rolls back; from it on, it rolls forward.
+STEPS = {
+    "staged": "neither",
+    "journal#1": "neither",
+    "prepared": "both",
+    "renamed#1": "both",
+    "inserted#1": "both",
+    "applied#1": "both",
+    "renamed#2": "both",
+    "inserted#2": "both",
+}
+
+CHILD = textwrap.dedent(
+    """
+    import sys
+    from butler import Butler
+    b = Butler(outputs=[sys.argv[1], sys.argv[2]])
+    b.put({"value": "new"}, "info", visit=7)
+    print("survived")
+    """
+)
+
+
+def make_outputs(tmp_path: Path) -> tuple[Path, Path]:
+    first, second = tmp_path / "A", tmp_path / "B"
+    DataRepository.create(first, policy=POLICY)
+    DataRepository.create(second, policy=POLICY)
+    Butler(outputs=[first, second]).put({"value": "old"}, "info", visit=7)
+    return first, second
+
+
+def crash_at(step: str, first: Path, second: Path) -> None:
+    env = dict(os.environ, BUTLER_TEST_CRASH_AT=step)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(first), str(second)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 70, f"child did not crash at {step}: {done.stdout}{done.stderr}"
+
+
+def leftovers(repo: Path) -> list[str]:
+    """Journals and staged files; a live process's owner lock is not a leftover."""
+    staging = [n for n in os.listdir(repo / ".butler" / "staging") if not n.startswith("owner-")]
+    return sorted(os.listdir(repo / ".butler" / "journal")) + sorted(staging)
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+@pytest.mark.parametrize("open_first", ["A", "B"])
+def test_crash_at_each_step_is_all_or_nothing(tmp_path: Path, step: str, open_first: str) -> None:
+    first, second = make_outputs(tmp_path)
+    crash_at(step, first, second)
+    order = [first, second] if open_first == "A" else [second, first]
+    values = {}
+    for repo in order:
+        butler = Butler(repo)
+        values[repo.name] = butler.get("info", visit=7)["value"]
+        versions = [ref.version for ref in butler.versions("info", visit=7)]
+        assert versions == ([1, 2] if STEPS[step] == "both" else [1])
+        assert leftovers(repo) == []
+        owners = [n for n in os.listdir(repo / ".butler" / "staging") if n.startswith("owner-")]
+        assert all(n.startswith(f"owner-{os.getpid()}-") for n in owners), owners
+        # Files on disk agree with the registry: the template path holds the latest.
+        ref = butler.ref("info", visit=7)
+        assert ref.path == str(repo / "info" / "info-v0000007.yaml")
+        assert f"value: {values[repo.name]}" in Path(ref.path).read_text()
+    expected = "new" if STEPS[step] == "both" else "old"
+    assert values == {"A": expected, "B": expected}
+
+
+def test_a_journal_cut_short_is_rolled_back(tmp_path: Path) -> None:
+    first, second = make_outputs(tmp_path)
+    txid = "00000000000000ff-abcdefabcdef"
+    (first / ".butler" / "journal" / f"{txid}.json").write_text('{"txid": "00000000')
+    (first / ".butler" / "staging" / f"{txid}.0").write_bytes(b"partial")
+    butler = Butler(first)
+    assert leftovers(first) == []
+    assert butler.get("info", visit=7) == {"value": "old"}
+
+
+def test_a_journal_naming_a_vanished_participant_stays_invisible(tmp_path: Path) -> None:
+    first, second = make_outputs(tmp_path)
+    crash_at("journal#1", first, second)
+    # The crash left A prepared and B not; now B's whole repository is gone.
+    journal = next((first / ".butler" / "journal").iterdir())
+    record = json.loads(journal.read_text())
+    record["participants"] = [str(first), str(tmp_path / "vanished")]
+    journal.write_text(json.dumps(record))
+    butler = Butler(first)
+    assert butler.get("info", visit=7) == {"value": "old"}
+    assert [p.name for p in (first / ".butler" / "journal").iterdir()] == [journal.name]
+
+
+def test_a_failed_put_then_a_retry(tmp_path: Path) -> None:
+    first, second = make_outputs(tmp_path)
+    butler = Butler(outputs=[first, second])
+    with pytest.raises(TypeError):
+        butler.put({"value": object()}, "info", visit=8)
+    assert not butler.exists("info", visit=8)
+    assert leftovers(first) == leftovers(second) == []
+    butler.put({"value": 8}, "info", visit=8)
+    assert Butler(second).get("info", visit=8) == {"value": 8}
