@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_crash_at_each_step_is_all_or_nothing(tmp_path: Path, step: str, open_fi
 
 
 def test_a_journal_cut_short_is_rolled_back(tmp_path: Path) -> None:
-    first, second = make_outputs(tmp_path)
+    first, _second = make_outputs(tmp_path)
     txid = "00000000000000ff-abcdefabcdef"
     (first / ".butler" / "journal" / f"{txid}.json").write_text('{"txid": "00000000')
     (first / ".butler" / "staging" / f"{txid}.0").write_bytes(b"partial")
@@ -132,3 +133,36 @@ def test_a_failed_put_then_a_retry(tmp_path: Path) -> None:
     assert leftovers(first) == leftovers(second) == []
     butler.put({"value": 8}, "info", visit=8)
     assert Butler(second).get("info", visit=8) == {"value": 8}
+
+
+def test_threads_writing_one_data_id_while_others_read(tmp_path: Path) -> None:
+    """Every version is numbered once, and a reader never sees a torn dataset."""
+    first, second = make_outputs(tmp_path)
+    butler = Butler(outputs=[first, second])
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def write(writer: int) -> None:
+        for i in range(15):
+            butler.put({"tag": f"{writer}-{i}", "blob": f"{writer}-{i};" * 20000}, "info", visit=7)
+
+    def read() -> None:
+        reader = Butler(first)
+        while not stop.is_set():
+            value = reader.get("info", visit=7)
+            if "blob" in value and value["blob"] != f"{value['tag']};" * 20000:
+                errors.append(value["tag"])
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    for thread in readers + writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    for thread in readers:
+        thread.join()
+    assert errors == []
+    for repo in (first, second):
+        versions = [ref.version for ref in Butler(repo).versions("info", visit=7)]
+        assert versions == list(range(1, 47))
