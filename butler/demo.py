@@ -88,6 +88,7 @@ def tour(aggregator: Path) -> None:
         print(f"  {label:8} {mode:3} {path}")
     raw = butler.get("raw", visit=903334, ccd=1)
     bias = butler.get("bias", ccd=1)
+    assert isinstance(raw, fits.HDUList) and isinstance(bias, np.ndarray)
     calibrated = raw[0].data - bias
     print(f"raw visit=903334 ccd=1: mean {raw[0].data.mean():.1f}; bias {bias.mean():.1f}")
     refs = butler.put(
@@ -106,7 +107,8 @@ def tour(aggregator: Path) -> None:
         ccd=1,
     )
     print(f"put again -> version {again[0].version}")
-    print("versions:", [(r.version, r.sha256[:12]) for r in butler.versions("calexp", visit=903334, ccd=1)])
+    versions = butler.versions("calexp", visit=903334, ccd=1)
+    print("versions:", [(ref.version, ref.sha256[:12]) for ref in versions])
     provenance = butler.provenance(refs[0])
     print("provenance of v1:", {k: provenance[k] for k in ("user", "host", "software", "caller")})
     print("query visit=903334 (genre exposure):")

@@ -112,6 +112,9 @@ def put(
         for index, planned in enumerate(target.files)
     ]
     failure = _first_failure(_each(lambda item: _write_durably(*item), staged))
+    if failure is None:  # the names must survive too: recovery rolls forward from them
+        staging_dirs = list({target.repo.internal / "staging" for target in targets})
+        failure = _first_failure(_each(fsync_directory, staging_dirs))
     if failure is not None:
         _remove_all([path for path, _ in staged])
         if isinstance(failure, OSError):
