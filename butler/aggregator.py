@@ -156,7 +156,7 @@ def _member(
     label = item.get("label")
     path = Path(os.path.expanduser(str(item["path"])))
     return MemberSpec(
-        path=(base / path).absolute() if not path.is_absolute() else path,
+        path=(base / path).resolve() if not path.is_absolute() else path.resolve(),
         mode=mode,
         label=None if label is None else str(label),
         dataset_types=None if types is None else frozenset(types),

@@ -25,6 +25,7 @@ from butler.errors import (
     ConfigError,
     DatasetNotFoundError,
     FormatError,
+    InvalidDataIdError,
     NoOutputError,
     RepositoryError,
 )
@@ -64,7 +65,7 @@ class Butler:
         if source is not None:
             if inputs or outputs:
                 raise ConfigError("give either a source or inputs/outputs, not both")
-            path = Path(source).expanduser().absolute()
+            path = Path(source).expanduser().resolve()
             if is_repository(path):
                 spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy)
             elif is_aggregator_file(path):
@@ -130,6 +131,10 @@ class Butler:
         member, row = self._find(datasetType, dataId, keys)
         return self.resolver.ref(member, row).path
 
+    def definition(self, datasetType: str) -> DatasetTypeDef:
+        """The effective definition of a dataset type (genre, keys, locations)."""
+        return self.resolver.definition(datasetType)
+
     def ref(
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
     ) -> DatasetRef:
@@ -170,8 +175,12 @@ class Butler:
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
     ) -> list[DatasetRef]:
         data_id, _, label = _split(dataId, keys)
-        member, row = self.resolver.find(datasetType, data_id, label=label)
-        return self.resolver.versions(datasetType, self.resolver.ref(member, row).data_id, label)
+        definition = self.resolver.definition(datasetType)
+        coerced = coerce_data_id(data_id, definition.keys, partial=True)
+        if len(coerced) < len(definition.keys):  # partial: resolve it to one dataset first
+            member, row = self.resolver.find(datasetType, coerced, label=label)
+            coerced = self.resolver.ref(member, row).data_id
+        return self.resolver.versions(datasetType, coerced, label)
 
     def provenance(self, ref: DatasetRef) -> dict[str, object]:
         record_path = Path(ref.repository_path) / ".butler" / "records" / f"{ref.txid}.json"
@@ -228,7 +237,12 @@ class Butler:
         obj: object = None,
         file: Path | None = None,
     ) -> list[DatasetRef]:
-        plain, _, _ = _split(data_id, keys)
+        plain, version, label = _split(data_id, keys)
+        if version is not None or label is not None:
+            raise InvalidDataIdError(
+                "put takes no version or repositoryLabel: versions are assigned by the "
+                "butler and writes go to every accepting output; remove them from the data ID"
+            )
         definition = self.resolver.definition(dataset_type)
         coerced = coerce_data_id(plain, definition.keys)
         plans = []
@@ -254,6 +268,7 @@ class Butler:
         commits = transactional_put(
             targets, dataset_type, coerced, payloads, self._provenance(provenance)
         )
+        self.resolver.record_pending(dataset_type)
         members = [member for member, files in plans if files]
         return [
             _ref_of(self.resolver, member, commit)

@@ -21,10 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from butler import formats, yamlio
-from butler.errors import ConfigError, UnknownDatasetTypeError
+from butler.errors import ConfigError, UnknownDatasetTypeError, UnknownFormatError
 from butler.template import KEY_TYPES, Template, validate_dataset_type_name
 
 MODES = ("r", "w", "rw")
+RESERVED_KEYS = ("version", "repositoryLabel")
 ON_EXISTS = ("version", "error")
 _GENRE_FIELDS = {"keys", "template", "storage", "python"}
 _TYPE_FIELDS = {"genre", "template", "storage", "python", "locations"}
@@ -85,8 +86,13 @@ class DatasetTypeDef:
             if old_extension and "}" not in old_extension:
                 text = root + extension
             changed.append(Location(Template(text, self.keys), storage, None, location.mode))
-        raw = dict(self.raw)
-        raw["storage"] = storage
+        raw: dict[str, object] = {
+            "genre": self.genre,
+            "locations": [
+                {"template": loc.template.text, "storage": loc.storage, "mode": loc.mode}
+                for loc in changed
+            ],
+        }
         return DatasetTypeDef(self.name, self.genre, self.keys, tuple(changed), raw)
 
 
@@ -128,6 +134,7 @@ class Policy:
             name: _build_type(name, spec, genres, source)
             for name, spec in _mapping(data.get("datasetTypes"), "datasetTypes", source).items()
         }
+        _check_no_shared_files(types, source)
         return cls(data, genres, types)
 
     def dataset_type(self, name: str) -> DatasetTypeDef:
@@ -203,8 +210,27 @@ def assignments_to_policy(assignments: Iterable[str]) -> dict[str, object]:
             if not isinstance(child, dict):
                 raise ConfigError(f"--policy {assignment!r} conflicts with an earlier setting")
             node = child
-        node[leaf] = yamlio.loads(text) if text else ""
+        try:
+            node[leaf] = yamlio.loads(text) if text else ""
+        except yamlio.YAMLError:  # e.g. an unquoted template "{visit}.fits": a string
+            node[leaf] = text
     return result
+
+
+def _check_no_shared_files(types: Mapping[str, DatasetTypeDef], source: str) -> None:
+    """Two dataset types must never render to the same file."""
+    owners: dict[str, str] = {}
+    for name, definition in types.items():
+        for location in definition.locations:
+            if location.template.uses_dataset_type:
+                continue
+            other = owners.setdefault(location.template.text, name)
+            if other != name:
+                raise ConfigError(
+                    f"{source}: dataset types {other!r} and {name!r} would share the files of "
+                    f"template {location.template.text!r}; add {{datasetType}} to the template "
+                    "or give one of them its own template"
+                )
 
 
 def _mapping(value: object, what: str, source: str) -> dict[str, object]:
@@ -225,7 +251,7 @@ def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, sour
 
 def _check_storage(storage: object, what: str, source: str) -> str:
     if not isinstance(storage, str) or storage not in formats.known_formats():
-        raise ConfigError(
+        raise UnknownFormatError(
             f"{source}: {what} uses unknown storage format {storage!r}; "
             f"known: {', '.join(formats.known_formats())}"
         )
@@ -241,6 +267,11 @@ def _build_genre(name: str, spec: object, source: str) -> Genre:
             raise ConfigError(f"{source}: {where} needs {required!r}")
     keys: dict[str, type] = {}
     for key, type_name in _mapping(spec["keys"], f"{where} keys", source).items():
+        if key in RESERVED_KEYS:
+            raise ConfigError(
+                f"{source}: {where} key {key!r} is reserved (data IDs use it to pick a "
+                f"version or repository); rename the key"
+            )
         if type_name not in KEY_TYPES:
             raise ConfigError(
                 f"{source}: {where} key {key!r} has type {type_name!r}; use one of "
@@ -280,7 +311,9 @@ def _build_type(
         )
     genre = genres[str(genre_name)]
     storage = str(spec.get("storage", genre.storage))
-    python = spec.get("python", genre.python)
+    # A python type belongs to a storage format: changing one without the other keeps
+    # the format's default rather than a type it cannot read as.
+    python = spec.get("python", genre.python if storage == genre.storage else None)
     entries = spec.get("locations")
     if entries is None:
         entries = [{"template": spec.get("template", genre.template), "mode": "rw"}]

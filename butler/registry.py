@@ -129,6 +129,7 @@ class RegistryBackend(Protocol):
     def list_directory(
         self, directory: str, primary_only: bool, include_removed: bool = False
     ) -> tuple[list[str], list[Row]]: ...
+    def all_files(self) -> list[Row]: ...
     def change_seq(self) -> int: ...
     def changes_since(self, seq: int) -> list[str]: ...
 
@@ -288,6 +289,14 @@ class Registry:
         parent, name = posixpath.split(directory)
         sql = "SELECT 1 FROM dirs WHERE parent = ? AND name = ?"
         return self._connect().execute(sql, (parent, name)).fetchone() is not None
+
+    def all_files(self) -> list[Row]:
+        """Every file of every version, removed ones too (for verify and repair)."""
+        sql = (
+            f"SELECT {_ROW_COLUMNS} FROM datasets d JOIN files f ON f.dataset = d.id "
+            "ORDER BY d.dataset_type, d.data_id, d.version, f.location"
+        )
+        return [_row(row) for row in self._connect().execute(sql)]
 
     def change_seq(self) -> int:
         found = self._connect().execute("SELECT MAX(seq) FROM changes").fetchone()

@@ -37,7 +37,7 @@ class DataRepository:
     """One repository on disk.  ``DataRepository(path)`` opens; ``create`` makes one."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path).expanduser().absolute()
+        self.path = Path(path).expanduser().resolve()
         config_path = self.path / CONFIG_NAME
         if not config_path.is_file():
             raise RepositoryError(
@@ -85,7 +85,7 @@ class DataRepository:
         parents: Sequence[str | os.PathLike[str]] = (),
     ) -> DataRepository:
         """Create a repository at ``path`` (which must not exist or be an empty directory)."""
-        root = Path(path).expanduser().absolute()
+        root = Path(path).expanduser().resolve()
         if (root / CONFIG_NAME).exists():
             raise RepositoryError(f"{root} is already a repository; open it with Butler({root!s})")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -95,7 +95,7 @@ class DataRepository:
         for sub in ("staging", "journal", "records", "versions"):
             (root / INTERNAL / sub).mkdir(parents=True, exist_ok=True)
         relative_parents = [
-            os.path.relpath(Path(parent).expanduser().absolute(), root) for parent in parents
+            os.path.relpath(Path(parent).expanduser().resolve(), root) for parent in parents
         ]
         config: dict[str, object] = {
             "butler": FORMAT_VERSION,
@@ -139,11 +139,11 @@ class DataRepository:
         self._load_config(config_path)
         return True
 
-    def add_dataset_type(self, definition: DatasetTypeDef) -> None:
+    def add_dataset_type(self, definition: DatasetTypeDef, replace: bool = False) -> None:
         """Record a dataset type in butler.yaml so the repository stays standalone."""
         with self.lock():
             self.reload_config_if_changed()
-            if definition.name in self.policy.dataset_types:
+            if definition.name in self.policy.dataset_types and not replace:
                 return
             config = dict(self.config)
             policy = dict(self.policy.raw)

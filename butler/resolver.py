@@ -101,9 +101,10 @@ class Resolver:
                     "list it once, as an output with mode rw"
                 )
         self.by_label: dict[str, Member] = {}
-        for member in self.search + self.outputs:
+        for member in self.search:
             self.by_label.setdefault(member.label, member)
         self._output_types: dict[tuple[str, str], DatasetTypeDef] = {}
+        self._pending_records: dict[tuple[str, str], tuple[Member, DatasetTypeDef]] = {}
         self.refresh_policy()
 
     # -- construction --------------------------------------------------------
@@ -294,28 +295,47 @@ class Resolver:
                 yield member, self.output_definition(member, dataset_type)
 
     def output_definition(self, member: Member, dataset_type: str) -> DatasetTypeDef:
+        """How ``member`` stores ``dataset_type``: its own definition, else the effective
+        one, under the member's ``storage:`` routing.  A definition the output does not
+        hold yet is recorded in it after the first successful put (``record_pending``),
+        so that a failed put changes nothing, not even butler.yaml."""
         cache_key = (member.label, dataset_type)
         cached = self._output_types.get(cache_key)
         if cached is not None:
             return cached
         repo = member.repo
         repo.reload_config_if_changed()
-        if dataset_type not in repo.policy.dataset_types:
-            self.record_definition(member, self.definition(dataset_type))
-        definition = repo.policy.dataset_type(dataset_type)
-        if dataset_type in member.storage:
-            definition = definition.with_storage(member.storage[dataset_type])
+        definition = repo.policy.dataset_types.get(dataset_type)
+        unrecorded = definition is None
+        if definition is None:
+            definition = self.definition(dataset_type)
+        storage = member.storage.get(dataset_type)
+        if storage is not None and any(loc.storage != storage for loc in definition.locations):
+            # Recorded too: opened alone, the output goes on storing this type as routed.
+            definition = definition.with_storage(storage)
+            unrecorded = True
+        if unrecorded:
+            self._pending_records[cache_key] = (member, definition)
         self._output_types[cache_key] = definition
         return definition
 
-    def record_definition(self, member: Member, definition: DatasetTypeDef) -> None:
+    def record_pending(self, dataset_type: str) -> None:
+        """Record, in each output, the definition a successful put of this type used."""
+        for member in self.outputs:
+            pending = self._pending_records.pop((member.label, dataset_type), None)
+            if pending is not None:
+                self.record_definition(member, pending[1], replace=True)
+
+    def record_definition(
+        self, member: Member, definition: DatasetTypeDef, replace: bool = False
+    ) -> None:
         """Copy a dataset type (and its genre if needed) into an output's butler.yaml."""
         repo = member.repo
         if definition.genre not in repo.policy.genres:
             genres = self.policy.raw.get("genres")
             assert isinstance(genres, dict)
             repo.add_genre(definition.genre, genres[definition.genre])
-        repo.add_dataset_type(definition)
+        repo.add_dataset_type(definition, replace=replace)
         self._output_types.pop((member.label, definition.name), None)
 
     def on_exists(self, member: Member) -> str:

@@ -111,7 +111,7 @@ def put(
         for target in targets
         for index, planned in enumerate(target.files)
     ]
-    failure = _first_failure(_each(lambda item: _write_durably(*item), staged))
+    failure = _first_failure(_each(lambda item: write_durably(*item), staged))
     if failure is None:  # the names must survive too: recovery rolls forward from them
         staging_dirs = list({target.repo.internal / "staging" for target in targets})
         failure = _first_failure(_each(fsync_directory, staging_dirs))
@@ -234,6 +234,7 @@ def _plan(
         "data_id": dict(data_id),
         "version": version,
         "previous": current[0].version if current else None,
+        "previous_files": [row.path for row in current],
         "files": [
             {
                 "location": planned.location,
@@ -280,21 +281,29 @@ def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
     commit = _commit_of(journal)
     staging_dir = repo.internal / "staging"
     previous = journal.get("previous")
+    entries = _entries(journal)
+    pending = [entry for entry in entries if (staging_dir / entry["staging"]).exists()]
+    old_paths = [str(p) for p in journal.get("previous_files") or ()]  # type: ignore[attr-defined]
     touched: set[Path] = set()
-    for entry in _entries(journal):
+    if pending and previous is not None:
+        # The previous version gets its second name before anything replaces or hides it.
+        for old in old_paths:
+            if (repo.path / old).exists():
+                keep = repo.internal / "versions" / f"v{previous}" / old
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.link(repo.path / old, keep)
+                touched.add(keep.parent)
+    for entry in pending:
         final = repo.path / entry["path"]
-        staged = staging_dir / entry["staging"]
-        if not staged.exists():
-            continue  # already renamed into place before a crash
-        if previous is not None and final.exists():
-            keep = repo.internal / "versions" / f"v{previous}" / entry["path"]
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.link(final, keep)
-            touched.add(keep.parent)
         final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staged, final)
+        os.rename(staging_dir / entry["staging"], final)
         touched.add(final.parent)
+    if pending:
+        # A previous version stored at another path (its template changed) leaves it.
+        for old in set(old_paths) - {entry["path"] for entry in entries}:
+            (repo.path / old).unlink(missing_ok=True)
+            touched.add((repo.path / old).parent)
     for directory in touched:
         fsync_directory(directory)
     _crash_point("renamed")
@@ -332,7 +341,7 @@ def recover_locked(repo: DataRepository) -> set[str]:
     live: set[str] = set()
     for name in sorted(names):
         path = journal_dir / name
-        journal = _load_journal(path)
+        journal = load_journal(path)
         if journal is None:  # cut short by a crash: that put never prepared here
             txid = name.partition(".")[0]
             for staged in staging_dir_entries(repo, txid):
@@ -370,7 +379,7 @@ def _decide(repo: DataRepository, journal: Mapping[str, object]) -> str:
         if not internal.is_dir():
             return "unknown"
         if not (
-            _load_journal(internal / "journal" / f"{txid}.json") is not None
+            load_journal(internal / "journal" / f"{txid}.json") is not None
             or (internal / "records" / f"{txid}.json").exists()
         ):
             return "abort"
@@ -383,7 +392,7 @@ def _entries(journal: Mapping[str, object]) -> list[dict[str, str]]:
     return files
 
 
-def _load_journal(path: Path) -> dict[str, object] | None:
+def load_journal(path: Path) -> dict[str, object] | None:
     """A journal, or None if it is missing or was cut short (so never prepared)."""
     try:
         journal = json.loads(path.read_bytes())
@@ -454,12 +463,12 @@ def _remove_orphans(repo: DataRepository, keep: set[str]) -> None:
 def _write_journal(final: Path, journal: Mapping[str, object]) -> None:
     # Written in place: a journal cut short by a crash does not parse, and recovery
     # treats it as "not prepared", exactly like a missing one.
-    _write_durably(final, json.dumps(journal).encode())
+    write_durably(final, json.dumps(journal).encode())
     fsync_directory(final.parent)
     _crash_point("journal")
 
 
-def _write_durably(path: Path, data: bytes) -> None:
+def write_durably(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         view = memoryview(data)
@@ -525,7 +534,7 @@ def remove(repo: DataRepository, dataset_type: str, data_id: Mapping[str, int | 
             "version": version,
             "committed": time.time(),
         }
-        _write_durably(repo.internal / "records" / f"{txid}.json", json.dumps(record).encode())
+        write_durably(repo.internal / "records" / f"{txid}.json", json.dumps(record).encode())
         repo.registry.mark_removed(dataset_type, key)
         for row in rows:
             (repo.path / row.path).unlink(missing_ok=True)
