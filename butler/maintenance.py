@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from butler.registry import Commit, FileEntry, Row, canonical_data_id
+from butler.registry import Commit, Row, canonical_data_id
 from butler.repository import (
     CONFIG_NAME,
     INTERNAL,
@@ -31,7 +31,14 @@ from butler.repository import (
     fsync_directory,
 )
 from butler.resolver import Member
-from butler.transaction import apply_journal, load_journal, new_txid, recover_locked, write_durably
+from butler.transaction import (
+    apply_journal,
+    commit_of,
+    load_journal,
+    new_txid,
+    recover_locked,
+    write_durably,
+)
 
 if TYPE_CHECKING:
     from butler.butler import Butler
@@ -71,7 +78,7 @@ def reindex(path: str | os.PathLike[str], progress: Progress | None = None) -> R
                 registry.mark_removed(record["dataset_type"], canonical_data_id(record["data_id"]))
                 report.removals += 1
             else:
-                batch.append(commit_of_record(record))
+                batch.append(commit_of(record))
                 recorded.update(entry["path"] for entry in record["files"])
                 report.records += 1
             if len(batch) >= 5000:
@@ -82,30 +89,6 @@ def reindex(path: str | os.PathLike[str], progress: Progress | None = None) -> R
         registry.insert_many(batch)
         _adopt_unrecorded(repo, recorded, report)
     return report
-
-
-def commit_of_record(record: dict[str, object]) -> Commit:
-    files = record["files"]
-    data_id = record["data_id"]
-    assert isinstance(files, list) and isinstance(data_id, dict)
-    return Commit(
-        txid=str(record["txid"]),
-        dataset_type=str(record["dataset_type"]),
-        data_id=data_id,
-        version=int(record["version"]),  # type: ignore[call-overload]
-        committed=float(record["committed"]),  # type: ignore[arg-type]
-        files=tuple(
-            FileEntry(
-                int(entry["location"]),
-                bool(entry["primary"]),
-                str(entry["path"]),
-                str(entry["storage"]),
-                int(entry["size"]),
-                str(entry["sha256"]),
-            )
-            for entry in files
-        ),
-    )
 
 
 def _adopt_unrecorded(repo: DataRepository, recorded: set[str], report: ReindexReport) -> None:
@@ -159,7 +142,7 @@ def _adopt(repo: DataRepository, relative: str) -> bool:
             write_durably(
                 Path(repo.internal) / "records" / f"{txid}.json", json.dumps(record).encode()
             )
-            repo.registry.insert(commit_of_record(record))
+            repo.registry.insert(commit_of(record))
             return True
     return False
 

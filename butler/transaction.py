@@ -164,7 +164,7 @@ def put(
                 f"put of {what} is committed but not yet applied in {'; '.join(failures)}; "
                 "it completes when the repository is next opened, or run 'butler repair'"
             )
-    return [_commit_of(plan) for plan in plans]
+    return [commit_of(plan) for plan in plans]
 
 
 # Fault injection for the recovery tests: the process dies at the named step, as in a
@@ -251,7 +251,7 @@ def _plan(
     }
 
 
-def _commit_of(journal: Mapping[str, object]) -> Commit:
+def commit_of(journal: Mapping[str, object]) -> Commit:
     files = journal["files"]
     assert isinstance(files, list)
     data_id = journal["data_id"]
@@ -278,7 +278,7 @@ def _commit_of(journal: Mapping[str, object]) -> Commit:
 
 def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
     """Roll one prepared put forward in ``repo``.  Idempotent: safe to repeat after a crash."""
-    commit = _commit_of(journal)
+    commit = commit_of(journal)
     staging_dir = repo.internal / "staging"
     previous = journal.get("previous")
     entries = _entries(journal)
