@@ -141,6 +141,9 @@ class Resolver:
         """Members in search order with their parents depth-first, each repository once."""
         seen: set[Path] = set()
         order: list[Member] = []
+        # A repository listed explicitly keeps the label it was given there, even when it
+        # is first reached as another's parent.
+        explicit = {m.repo.path: m for m in self.inputs}
 
         def visit(member: Member) -> None:
             if member.repo.path in seen:
@@ -153,6 +156,9 @@ class Resolver:
                         f"repository {member.label} names parent {parent}, which is not a "
                         "repository; fix 'parents' in its butler.yaml"
                     )
+                if parent in explicit:
+                    visit(explicit[parent])
+                    continue
                 repo = DataRepository(parent)
                 visit(Member(repo, repo.label, "r"))
 

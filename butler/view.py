@@ -74,16 +74,16 @@ class View:
 
     def refresh(self) -> None:
         """Rebuild the template index (after the policy changed)."""
+        # Built aside and swapped in whole: other threads keep answering meanwhile.
+        types = self.resolver.policy.dataset_types
         grouped: dict[Template, list[str]] = {}
-        for name, definition in self.resolver.policy.dataset_types.items():
+        for name, definition in types.items():
             grouped.setdefault(definition.primary.template, []).append(name)
-        self._by_depth: dict[int, list[_TemplateEntry]] = {}
-        for template, types in grouped.items():
-            entry = _TemplateEntry(template, tuple(types))
-            self._by_depth.setdefault(template.depth, []).append(entry)
-        self._view_template = {
-            name: d.primary.template.text for name, d in self.resolver.policy.dataset_types.items()
-        }
+        by_depth: dict[int, list[_TemplateEntry]] = {}
+        for template, names in grouped.items():
+            by_depth.setdefault(template.depth, []).append(_TemplateEntry(template, tuple(names)))
+        self._by_depth = by_depth
+        self._view_template = {name: d.primary.template.text for name, d in types.items()}
         self._stored: dict[tuple[str, str, int], str | None] = {}
         self._members = self.resolver.search + [
             m for m in self.resolver.outputs if m not in self.resolver.search
@@ -163,8 +163,13 @@ class View:
             parsed_genre = template.parse(path) if template.uses_dataset_type else None
             if parsed_genre is not None and parsed_genre[0] is not None:
                 genres.append((name, parsed_genre[0], parsed_genre[1]))
-        if len(genres) == 1 and self.resolver.outputs:
+        if len(genres) == 1:
             name, dataset_type, data_id = genres[0]
+            if not any(m.accepts(dataset_type) for m in self.resolver.outputs):
+                raise NoOutputError(
+                    f"{path}: would define dataset type {dataset_type}, but no output accepts "
+                    "it; add an output for it to the aggregator"
+                )
             return WriteTarget(dataset_type, data_id, name)
         if len(genres) > 1:
             raise InvalidDataIdError(

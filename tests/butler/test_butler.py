@@ -99,3 +99,13 @@ def test_policies_that_would_lose_data_are_refused(policy: dict[str, object], me
 
     with pytest.raises(ConfigError, match=message):
         Policy.from_mapping(policy, "test")
+
+
+def test_an_input_keeps_its_label_when_reached_as_a_parent(tmp_path: Path) -> None:
+    DataRepository.create(tmp_path / "in2", policy=POLICY)
+    Butler(tmp_path / "in2").put(np.ones(2), "calexp", visit=1, ccd=1)
+    butler = Butler(
+        inputs=[{"path": tmp_path / "in2", "label": "second"}], outputs=[tmp_path / "fresh"]
+    )
+    assert [label for label, _, _ in butler.repositories] == ["fresh", "second"]
+    assert butler.exists("calexp", visit=1, ccd=1, repositoryLabel="second")

@@ -1,0 +1,132 @@
+"""Exceptions → errno, in one table, applied once around every FUSE handler.
+
+pyfuse3 lets a handler raise only ``FUSEError``; anything else would end the
+session.  So every handler of :class:`butlerfs.operations.Operations` is
+wrapped by :func:`translated`, and the handlers themselves raise what is
+natural where the problem is found:
+
+    pyfuse3.FUSEError          passed through unchanged
+    butler.errors.ButlerError  its class attribute ``errno`` (EROFS, EACCES, ENOENT, ...)
+    OSError                    its own errno (EIO when it has none)
+    anything else              EIO, and the traceback is logged: a bug in the daemon
+
+A *refusal* (a write the mount will not do: EROFS, EACCES, EINVAL, ...) is
+logged as one line with the reason, because the errno alone cannot tell a
+user why ``cp`` failed.  Answers that are part of normal operation (ENOENT
+for a probe, ENODATA for an unknown xattr, EXDEV that makes ``mv`` copy) are
+logged only at debug level.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
+
+import pyfuse3
+
+from butler.errors import ButlerError
+
+log = logging.getLogger("butlerfs")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=type)
+
+#: Errnos that are ordinary answers, not refusals worth a log line at the default level.
+ORDINARY = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENODATA,
+        errno.EEXIST,
+        errno.ENOTEMPTY,
+        errno.EXDEV,
+        errno.ENOTSUP,
+        errno.EISDIR,
+        errno.ENOTDIR,
+        errno.ESTALE,
+        errno.ERANGE,
+    }
+)
+
+#: Handlers that answer no client request: pyfuse3 forbids them to raise at all.
+_SILENT = frozenset({"forget"})
+
+
+def errno_of(exc: BaseException) -> int:
+    """The errno a FUSE client should see for ``exc`` (the table of the module docstring)."""
+    if isinstance(exc, pyfuse3.FUSEError):
+        return exc.errno
+    if isinstance(exc, ButlerError):
+        return exc.errno
+    if isinstance(exc, OSError):
+        return exc.errno or errno.EIO
+    return errno.EIO
+
+
+def reason_of(exc: BaseException) -> str:
+    """The human reason: a ButlerError's message, an OSError's strerror and file name."""
+    if isinstance(exc, OSError) and not isinstance(exc, ButlerError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    return str(exc)
+
+
+def refusal(number: int, message: str) -> OSError:
+    """An OSError the daemon raises itself, e.g. ``refusal(errno.EROFS, "...why...")``."""
+    return OSError(number, message)
+
+
+def _answer(operation: str, exc: Exception) -> int:
+    number = errno_of(exc)
+    if not isinstance(exc, ButlerError | OSError):
+        log.error("%s failed with an unexpected error (answered EIO)", operation, exc_info=exc)
+    elif number in ORDINARY:
+        log.debug("%s: %s: %s", operation, errno.errorcode.get(number, number), reason_of(exc))
+    else:
+        name = errno.errorcode.get(number, str(number))
+        log.warning("refused %s: %s (%s): %s", operation, name, os.strerror(number), reason_of(exc))
+    return number
+
+
+def translate(operation: str, handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """``handler`` raising only FUSEError, with the errno of the table above."""
+
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise pyfuse3.FUSEError(_answer(operation, exc)) from None
+
+    return guarded
+
+
+def _silenced(
+    operation: str, handler: Callable[P, Awaitable[None]]
+) -> Callable[P, Awaitable[None]]:
+    @functools.wraps(handler)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            await handler(*args, **kwargs)
+        except Exception as exc:
+            log.error("%s failed (ignored: no request to answer)", operation, exc_info=exc)
+
+    return guarded
+
+
+def translated(cls: C) -> C:
+    """Class decorator: wrap every pyfuse3 handler ``cls`` defines, so none can be missed."""
+    for name, member in list(vars(cls).items()):
+        base = getattr(pyfuse3.Operations, name, None)
+        if base is None or not inspect.iscoroutinefunction(base):
+            continue
+        wrap = _silenced if name in _SILENT else translate
+        setattr(cls, name, wrap(name, member))
+    return cls

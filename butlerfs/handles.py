@@ -1,0 +1,79 @@
+"""Open files and directories, by the handle number the kernel passes back.
+
+Four kinds, each with what its reads need:
+
+    BackingFile   a committed dataset: an fd on the repository's file (immutable per version)
+    Snapshot      bytes made by the daemon (``.butler/status``), frozen at open
+    DraftFile     a file being written (see butlerfs.scratch)
+    Directory     a listing, taken at the first readdir so that paging through it
+                  never skips or repeats an entry while the directory changes
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+from dataclasses import dataclass
+from typing import NewType, TypeVar
+
+from butlerfs.entries import Entry
+from butlerfs.scratch import Draft
+
+FileHandleId = NewType("FileHandleId", int)
+
+
+@dataclass
+class BackingFile:
+    fd: int
+    path: str
+
+
+@dataclass
+class Snapshot:
+    data: bytes
+
+
+@dataclass
+class DraftFile:
+    draft: Draft
+    writable: bool
+
+
+@dataclass
+class Directory:
+    path: str
+    entries: list[Entry] | None = None  # taken by the first readdir
+
+
+Handle = BackingFile | Snapshot | DraftFile | Directory
+H = TypeVar("H", BackingFile, Snapshot, DraftFile, Directory)
+
+
+class HandleTable:
+    def __init__(self) -> None:
+        self._open: dict[FileHandleId, Handle] = {}
+        # Never reuse a number during a mount: a late request on a closed handle fails
+        # cleanly instead of reaching another file.
+        self._numbers = itertools.count(1)
+
+    def add(self, handle: Handle) -> FileHandleId:
+        number = FileHandleId(next(self._numbers))
+        self._open[number] = handle
+        return number
+
+    def get(self, number: FileHandleId) -> Handle:
+        try:
+            return self._open[number]
+        except KeyError:
+            raise OSError(errno.EBADF, f"no open handle {number}") from None
+
+    def get_as(self, number: FileHandleId, kind: type[H]) -> H:
+        handle = self.get(number)
+        if not isinstance(handle, kind):
+            raise OSError(errno.EBADF, f"handle {number} is not a {kind.__name__}")
+        return handle
+
+    def pop(self, number: FileHandleId) -> Handle:
+        handle = self.get(number)
+        del self._open[number]
+        return handle

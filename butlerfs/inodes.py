@@ -1,0 +1,89 @@
+"""Inode numbers: a hash of the path, so they are stable across remounts and hosts.
+
+``ls -i``, ``find -inum``, ``rsync -H`` and backup tools compare inode numbers
+between runs; numbering inodes in lookup order would renumber everything at
+every mount.  The number is the first 63 bits of BLAKE2b of the view path (63,
+not 64: some languages and tools read ``st_ino`` as a signed 64-bit value).
+The root is ``pyfuse3.ROOT_INODE``.  A collision needs ~2**31 paths in one
+mount to become likely; it is detected and answered with EIO, never by
+serving the wrong file.
+
+The table maps the inodes the kernel knows (it counts lookups) back to paths,
+and forgets them when the kernel does.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+from typing import NewType
+
+import pyfuse3
+
+log = logging.getLogger("butlerfs")
+
+InodeId = NewType("InodeId", int)
+
+ROOT = InodeId(pyfuse3.ROOT_INODE)
+_MASK = (1 << 63) - 1
+
+
+def inode_of(path: str) -> InodeId:
+    """The inode number of a view path ("" is the root)."""
+    if path == "":
+        return ROOT
+    digest = hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    number = int.from_bytes(digest, "little") & _MASK
+    # 0 is "no inode" to FUSE and 1 is the root: move the two unlucky hashes aside.
+    return InodeId(number if number > ROOT else number + ROOT + 1)
+
+
+class InodeTable:
+    """Inode → path for every inode the kernel holds, with the kernel's lookup counts."""
+
+    def __init__(self) -> None:
+        self._paths: dict[InodeId, str] = {ROOT: ""}
+        self._lookups: dict[InodeId, int] = {}
+
+    def path(self, inode: InodeId) -> str:
+        """The path of a known inode; ESTALE if the kernel asks about one it forgot."""
+        try:
+            return self._paths[inode]
+        except KeyError:
+            raise OSError(errno.ESTALE, f"inode {inode} is not known (forgotten)") from None
+
+    def remember(self, path: str) -> InodeId:
+        """The inode of ``path``, counted as one more kernel lookup."""
+        inode = inode_of(path)
+        known = self._paths.setdefault(inode, path)
+        if known != path:
+            raise OSError(
+                errno.EIO, f"inode {inode} collision between /{known} and /{path}; rename one"
+            )
+        if inode != ROOT:
+            self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        return inode
+
+    def known(self, path: str) -> InodeId | None:
+        """The inode of ``path`` if the kernel holds it, else None (nothing to invalidate)."""
+        inode = inode_of(path)
+        return inode if self._paths.get(inode) == path else None
+
+    def move(self, old: str, new: str) -> InodeId | None:
+        """After a rename the kernel keeps the old inode under the new name; follow it."""
+        inode = self.known(old)
+        if inode is not None:
+            self._paths[inode] = new
+        return inode
+
+    def forget(self, inode: InodeId, count: int) -> None:
+        left = self._lookups.get(inode, 0) - count
+        if left > 0:
+            self._lookups[inode] = left
+        elif inode != ROOT:
+            self._lookups.pop(inode, None)
+            self._paths.pop(inode, None)
+
+    def items(self) -> list[tuple[InodeId, str]]:
+        return list(self._paths.items())

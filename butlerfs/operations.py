@@ -1,0 +1,316 @@
+"""The FUSE request handlers: each turns inode and handle numbers into paths and handles,
+asks the tree, and answers.
+
+Every handler is wrapped once by :func:`butlerfs.errors.translated`, so they
+raise whatever is natural and the client sees the errno of that module's table;
+every handler with a caller is checked by :func:`butlerfs.access.checked`.
+Nothing here blocks: the tree runs library and disk calls in worker threads.
+
+Write protocol (docs/mount.md): a new file at a template path, or a dataset
+opened for writing, is a draft; the close (FUSE ``flush``) of its last writer
+puts it, so the put's error is what ``close()`` returns; ``fsync`` puts too.
+A scratch file (``.name``) is put only when renamed onto a template path.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+from collections.abc import Sequence
+
+import pyfuse3
+
+from butlerfs import scratch, xattrs
+from butlerfs.access import Access, checked
+from butlerfs.attributes import Owner, attributes
+from butlerfs.entries import Entry
+from butlerfs.errors import refusal, translated
+from butlerfs.handles import (
+    BackingFile,
+    Directory,
+    DraftFile,
+    FileHandleId,
+    Handle,
+    HandleTable,
+    Snapshot,
+)
+from butlerfs.inodes import InodeId, InodeTable, inode_of
+from butlerfs.tree import STATUS_FILE, Tree
+
+
+@translated
+@checked
+class Operations(pyfuse3.Operations):
+    # Writes must all have arrived when flush commits them: no kernel write-back.
+    enable_writeback_cache = False
+
+    def __init__(
+        self, tree: Tree, inodes: InodeTable, handles: HandleTable, owner: Owner, access: Access
+    ) -> None:
+        super().__init__()
+        self.tree = tree
+        self.inodes = inodes
+        self.handles = handles
+        self.owner = owner
+        self.callers = access  # what @checked checks every caller with
+
+    # -- helpers -------------------------------------------------------------
+
+    def _path(self, inode: pyfuse3.InodeT) -> str:
+        return self.inodes.path(InodeId(inode))
+
+    def _child(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT) -> str:
+        return posixpath.join(self._path(parent_inode), os.fsdecode(name))
+
+    def _reply(self, entry: Entry) -> pyfuse3.EntryAttributes:
+        """Attributes for a lookup-like answer: the kernel now holds one more reference."""
+        return attributes(entry, self.inodes.remember(entry.path), self.owner)
+
+    def _draft_file(self, fh: pyfuse3.FileHandleT) -> DraftFile | None:
+        handle = self.handles.get(FileHandleId(fh))
+        return handle if isinstance(handle, DraftFile) and handle.writable else None
+
+    # -- names and attributes ------------------------------------------------
+
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._path(parent_inode)
+        if name == b".":
+            path = parent
+        elif name == b"..":
+            path = posixpath.dirname(parent)
+        else:
+            path = posixpath.join(parent, os.fsdecode(name))
+        return self._reply(await self.tree.stat(path))
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for inode, count in inode_list:
+            self.inodes.forget(InodeId(inode), count)
+
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        entry = await self.tree.stat(self._path(inode))
+        return attributes(entry, InodeId(inode), self.owner)
+
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        # Size is data; mode matters to a scratch file until its rename; owner and times
+        # of a dataset are the butler's (commit time), so they are accepted and ignored.
+        path = self._path(inode)
+        if fields.update_size:
+            entry = await self.tree.truncate(path, attr.st_size)
+        elif fields.update_mode:
+            entry = await self.tree.set_mode(path, attr.st_mode)
+        else:
+            entry = await self.tree.stat(path)
+        return attributes(entry, InodeId(inode), self.owner)
+
+    # -- directories ---------------------------------------------------------
+
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        return self.handles.add(Directory(self._path(inode)))
+
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        directory = self.handles.get_as(FileHandleId(fh), Directory)
+        if directory.entries is None or start_id == 0:
+            directory.entries = await self.tree.listdir(directory.path)
+        for index in range(start_id, len(directory.entries)):
+            entry = directory.entries[index]
+            attrs = attributes(entry, inode_of(entry.path), self.owner)
+            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, index + 1):
+                break
+            self.inodes.remember(entry.path)  # readdirplus: each entry counts as a lookup
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.handles.pop(FileHandleId(fh))
+
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        return self._reply(await self.tree.mkdir(self._child(parent_inode, name)))
+
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.tree.rmdir(self._child(parent_inode, name))
+
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.tree.unlink(self._child(parent_inode, name))
+
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise refusal(errno.EINVAL, "exchanging two names is not supported")
+        old = self._child(parent_inode_old, name_old)
+        new = self._child(parent_inode_new, name_new)
+        await self.tree.rename(old, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        self.inodes.move(old, new)  # the kernel keeps the moved inode under the new name
+
+    async def link(
+        self,
+        inode: pyfuse3.InodeT,
+        new_parent_inode: pyfuse3.InodeT,
+        new_name: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise refusal(errno.EPERM, "hard links are not supported: a dataset has one path")
+
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise refusal(errno.EPERM, "symbolic links are not supported: datasets are files")
+
+    async def mknod(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        rdev: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        raise refusal(errno.EPERM, "special files are not supported: datasets are files")
+
+    # -- files ---------------------------------------------------------------
+
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: pyfuse3.ModeT,
+        flags: pyfuse3.FlagT,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        draft = await self.tree.create(self._child(parent_inode, name), mode)
+        self.tree.attach(draft, writable=True)
+        fh = self.handles.add(DraftFile(draft, writable=True))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._reply(self.tree.draft_entry(draft))
+
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        handle = await self._open(self._path(inode), flags & os.O_ACCMODE != os.O_RDONLY)
+        # A committed version never changes: the kernel may keep its pages (and mmap
+        # works, direct_io stays off).  The status file's size is unknown until read.
+        return pyfuse3.FileInfo(
+            fh=self.handles.add(handle),
+            keep_cache=isinstance(handle, BackingFile),
+            direct_io=isinstance(handle, Snapshot),
+        )
+
+    async def _open(self, path: str, writable: bool) -> Handle:
+        draft = self.tree.drafts.get(path)
+        if writable:
+            draft = await self.tree.open_for_writing(path)
+        if draft is not None:
+            self.tree.attach(draft, writable)
+            return DraftFile(draft, writable)
+        if path == STATUS_FILE:
+            return Snapshot(await self.tree.status())
+        fd, _ = await self.tree.open_dataset(path)
+        return BackingFile(fd, path)
+
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        handle = self.handles.get(FileHandleId(fh))
+        if isinstance(handle, BackingFile):
+            return await self.tree.worker.run(os.pread, handle.fd, size, off)
+        if isinstance(handle, Snapshot):
+            return handle.data[off : off + size]
+        if isinstance(handle, DraftFile):
+            return await scratch.read(handle.draft, self.tree.worker, off, size)
+        raise refusal(errno.EISDIR, "read on a directory handle")
+
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        handle = self._draft_file(fh)
+        if handle is None:
+            raise refusal(errno.EBADF, "write on a handle not opened for writing")
+        return await scratch.write(handle.draft, self.tree.worker, off, buf)
+
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        handle = self._draft_file(fh)
+        if handle is not None and self.tree.ready_to_commit(handle.draft):
+            await self.tree.commit(handle.draft)
+
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        handle = self._draft_file(fh)
+        if handle is not None and handle.draft.dirty and not handle.draft.is_scratch:
+            await self.tree.commit(handle.draft)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        handle = self.handles.pop(FileHandleId(fh))
+        if isinstance(handle, BackingFile):
+            os.close(handle.fd)  # read-only: nothing to flush, so it cannot block; no thread hop
+        elif isinstance(handle, DraftFile):
+            await self.tree.release(handle.draft, handle.writable)
+
+    # -- extended attributes -------------------------------------------------
+
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        if not xattrs.is_ours(name):  # security.*, system.*: answered without the library
+            raise refusal(errno.ENODATA, f"no extended attribute {name!r}")
+        entry = await self.tree.stat(self._path(inode))
+        if entry.ref is None:
+            raise refusal(errno.ENODATA, f"/{entry.path} is not a dataset")
+        return await xattrs.value(name, entry.ref, self.tree.provenance)
+
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        entry = await self.tree.stat(self._path(inode))
+        return xattrs.NAMES if entry.ref is not None else ()
+
+    async def setxattr(
+        self,
+        inode: pyfuse3.InodeT,
+        name: pyfuse3.XAttrNameT,
+        value: bytes,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise refusal(errno.ENOTSUP, "extended attributes are the butler's, read-only")
+
+    async def removexattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        raise refusal(errno.ENOTSUP, "extended attributes are the butler's, read-only")
+
+    # -- the filesystem ------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        found = await self.tree.statfs()
+        data = pyfuse3.StatvfsData()
+        for field in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files"):
+            setattr(data, field, getattr(found, field))
+        data.f_ffree = data.f_favail = found.f_favail
+        data.f_namemax = 255
+        return data

@@ -1,0 +1,236 @@
+"""Drafts: files being written through the mount, kept in the mount's scratch directory.
+
+A write never touches a repository until it is committed: the bytes go to a
+*draft*, a private file in ``<first output>/.butler/scratch/<host>-<pid>/``
+(the first output's filesystem, so the put that commits it copies locally;
+``.butler/`` is never shown and never adopted by ``butler reindex``).  A
+draft shows in its own mount only, at its view path:
+
+- at a template path (``cp``, an editor saving in place): committed by a put
+  when its last writer closes (see :mod:`butlerfs.operations`), then dropped;
+- at a scratch name, one beginning with ``.`` (``rsync``'s ``.name.XXXXXX``,
+  swap files): kept until it is deleted, renamed onto a template path (which
+  commits it), or the mount ends.
+
+Opening a committed dataset for writing makes a draft *based* on its file:
+the copy is made on the first write, and skipped when the first change is a
+truncation to zero (``cp`` over a dataset opens it and truncates).
+
+The scratch directory is removed at unmount; one left by a daemon that died is
+removed by the next mount on the same host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import posixpath
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from butlerfs.worker import Worker
+
+#: Under an output's internal directory, which the library never lists or serves.
+SCRATCH_DIRECTORY = Path(".butler") / "scratch"
+
+_COPY_CHUNK = 1 << 20
+
+
+def is_scratch_path(path: str) -> bool:
+    """A component begins with "." (``.name.XXXXXX``, ``.tmp/x``): never a template path."""
+    return any(part.startswith(".") for part in path.split("/"))
+
+
+@dataclass(eq=False)
+class Draft:
+    """A file being written: its view path, its scratch file, and who has it open."""
+
+    path: str
+    file: Path
+    fd: int
+    base: str | None  # committed file to copy in on the first change; None: already here
+    size: int
+    mode: int = 0o644
+    mtime_ns: int = field(default_factory=time.time_ns)
+    writers: int = 0  # open handles that may write
+    handles: int = 0  # all open handles
+    dirty: bool = False  # changed since created or last committed
+    discarded: bool = False  # deleted from the tree; the fd closes with the last handle
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def is_scratch(self) -> bool:
+        return is_scratch_path(self.path)
+
+    def touch(self) -> None:
+        self.dirty = True
+        self.mtime_ns = time.time_ns()
+
+
+class ScratchArea:
+    """The mount's private directory of draft files; ``None`` root means no outputs."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        tag = f"{socket.gethostname()}-{os.getpid()}"
+        self.directory = None if root is None else root / tag
+        self._numbers = itertools.count(1)
+
+    @classmethod
+    def for_output(cls, output: Path | None) -> ScratchArea:
+        return cls(None if output is None else output / SCRATCH_DIRECTORY)
+
+    def create_file(self, suffix: str) -> tuple[Path, int]:
+        """A new empty private file (blocking)."""
+        if self.directory is None:
+            raise OSError(errno.EROFS, "this mount has no output repository to write to")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{next(self._numbers)}{suffix}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return path, os.open(path, flags, 0o600)
+
+    def with_suffix(self, draft: Draft, suffix: str) -> None:
+        """Rename the draft's file so its extension tells the put its format (blocking)."""
+        if draft.file.suffix != suffix:
+            renamed = draft.file.with_name(f"{next(self._numbers)}{suffix}")
+            os.rename(draft.file, renamed)
+            draft.file = renamed
+
+    def remove(self) -> None:
+        """Delete the whole scratch directory (at unmount; blocking)."""
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def remove_stale(self) -> list[Path]:
+        """Delete scratch directories of dead daemons on this host; those removed."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        host = socket.gethostname()
+        removed = []
+        for entry in self.root.iterdir():
+            owner_host, _, pid = entry.name.rpartition("-")
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class DraftTable:
+    """Drafts by view path, and by directory for listings."""
+
+    def __init__(self) -> None:
+        self._by_path: dict[str, Draft] = {}
+        self._by_directory: dict[str, dict[str, Draft]] = {}
+
+    def get(self, path: str) -> Draft | None:
+        return self._by_path.get(path)
+
+    def add(self, draft: Draft) -> None:
+        self.pop(draft.path)
+        self._by_path[draft.path] = draft
+        directory, name = posixpath.split(draft.path)
+        self._by_directory.setdefault(directory, {})[name] = draft
+
+    def pop(self, path: str) -> Draft | None:
+        draft = self._by_path.pop(path, None)
+        if draft is not None:
+            directory, name = posixpath.split(path)
+            siblings = self._by_directory.get(directory, {})
+            siblings.pop(name, None)
+            if not siblings:
+                self._by_directory.pop(directory, None)
+        return draft
+
+    def move(self, draft: Draft, new_path: str) -> None:
+        self.pop(draft.path)
+        draft.path = new_path
+        self.add(draft)
+
+    def children(self, directory: str) -> list[Draft]:
+        return list(self._by_directory.get(directory, {}).values())
+
+
+# -- blocking file work, run through the Worker ---------------------------------
+
+
+async def prepare(draft: Draft, worker: Worker, keep: int | None = None) -> None:
+    """Copy the base file in, if still pending (at most ``keep`` bytes of it)."""
+    async with draft.lock:
+        if draft.base is not None:
+            await worker.run(_copy_into, draft.base, draft.fd, keep)
+            draft.base = None
+
+
+async def write(draft: Draft, worker: Worker, offset: int, data: bytes) -> int:
+    await prepare(draft, worker)
+    written = await worker.run(_write_all, draft.fd, data, offset)
+    draft.size = max(draft.size, offset + written)
+    draft.touch()
+    return written
+
+
+async def truncate(draft: Draft, worker: Worker, size: int) -> None:
+    await prepare(draft, worker, keep=size)
+    await worker.run(os.ftruncate, draft.fd, size)
+    draft.size = size
+    draft.touch()
+
+
+async def read(draft: Draft, worker: Worker, offset: int, size: int) -> bytes:
+    base = draft.base
+    if base is not None:
+        return await worker.run(read_file, base, offset, size)
+    return await worker.run(os.pread, draft.fd, size, offset)
+
+
+def read_file(path: str, offset: int, size: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, size, offset)
+    finally:
+        os.close(fd)
+
+
+def close_file(draft: Draft) -> None:
+    """Drop a discarded draft's scratch file (blocking)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(draft.file)
+    if draft.handles == 0:
+        with contextlib.suppress(OSError):
+            os.close(draft.fd)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
+
+
+def _copy_into(source: str, fd: int, keep: int | None) -> None:
+    with open(source, "rb") as file:
+        offset = 0
+        while keep is None or offset < keep:
+            want = _COPY_CHUNK if keep is None else min(_COPY_CHUNK, keep - offset)
+            chunk = file.read(want)
+            if not chunk:
+                break
+            offset += _write_all(fd, chunk, offset)

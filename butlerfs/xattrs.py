@@ -1,0 +1,42 @@
+"""The ``user.butler.*`` extended attributes of a dataset file (SPEC §8).
+
+All but ``provenance`` come from the DatasetRef the lookup already has;
+``provenance`` reads the repository's record, so it is computed only when asked.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Awaitable, Callable
+
+from butler import DatasetRef
+
+PREFIX = b"user.butler."
+NAMES = tuple(
+    PREFIX + name
+    for name in (b"dataset_type", b"data_id", b"repository", b"version", b"sha256", b"provenance")
+)
+
+
+def is_ours(name: bytes) -> bool:
+    """Cheap test first: ``ls``/``cp`` ask for security.* and system.* on every file."""
+    return name.startswith(PREFIX) and name in NAMES
+
+
+async def value(
+    name: bytes, ref: DatasetRef, provenance: Callable[[DatasetRef], Awaitable[dict[str, object]]]
+) -> bytes:
+    if name == PREFIX + b"provenance":
+        return json.dumps(await provenance(ref), sort_keys=True, default=str).encode()
+    plain: dict[bytes, str] = {
+        PREFIX + b"dataset_type": ref.dataset_type,
+        PREFIX + b"repository": ref.repository,
+        PREFIX + b"version": str(ref.version),
+        PREFIX + b"sha256": ref.sha256,
+    }
+    if name == PREFIX + b"data_id":
+        return json.dumps(dict(ref.data_id)).encode()
+    if name in plain:
+        return plain[name].encode()
+    raise OSError(errno.ENODATA, f"no extended attribute {name!r}")
