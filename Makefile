@@ -41,7 +41,7 @@ pytest: setup
 test: lint typecheck pytest
 
 demo: setup
-	$(PY) -m butler.demo demo-work
+	$(PY) -m butlerfs.demo demo-work
 
 bench: setup
 	$(PY) bench/library.py
