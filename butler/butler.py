@@ -91,6 +91,8 @@ class Butler:
         return [(m.label, str(m.repo.path), m.mode) for m in members]
 
     def close(self) -> None:
+        """Settle this process's applied puts and close the registries."""
+        transaction.settle_all()
         for member in self.resolver.search + self.resolver.outputs:
             member.repo.close()
 
@@ -183,9 +185,13 @@ class Butler:
         return self.resolver.versions(datasetType, coerced, label)
 
     def provenance(self, ref: DatasetRef) -> dict[str, object]:
-        record_path = Path(ref.repository_path) / ".butler" / "records" / f"{ref.txid}.json"
+        internal = Path(ref.repository_path) / ".butler"
+        record_path = internal / "records" / f"{ref.txid}.json"
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
+            try:
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:  # applied, its journal not yet settled into a record
+                record = json.loads((internal / "journal" / f"{ref.txid}.json").read_text())
         except FileNotFoundError:
             raise RepositoryError(
                 f"no provenance record {record_path} for {ref.dataset_type} {ref.data_id}; "

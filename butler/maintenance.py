@@ -32,11 +32,11 @@ from butler.repository import (
 )
 from butler.resolver import Member
 from butler.transaction import (
-    apply_journal,
     commit_of,
     load_journal,
     new_txid,
     recover_locked,
+    roll_forward,
     write_durably,
 )
 
@@ -88,6 +88,7 @@ def reindex(path: str | os.PathLike[str], progress: Progress | None = None) -> R
                 progress(done, len(names))
         registry.insert_many(batch)
         _adopt_unrecorded(repo, recorded, report)
+        registry.sync()
     return report
 
 
@@ -391,7 +392,12 @@ def _journals(repo: DataRepository, locked: bool = False) -> list[tuple[Path, di
     with lock:
         names = sorted(os.listdir(journal_dir)) if journal_dir.is_dir() else []
         found = [(journal_dir / name, read_journal(journal_dir / name)) for name in names]
-    return [(path, journal) for path, journal in found if journal is not None]
+    # An applied put's journal only waits to be settled into a record: not half done.
+    return [
+        (path, journal)
+        for path, journal in found
+        if journal is not None and not repo.registry.has_transaction(str(journal["txid"]))
+    ]
 
 
 read_journal = load_journal
@@ -678,7 +684,7 @@ def _settle(member: Member) -> list[Action]:
             what = f"put {txid} of {journal['dataset_type']} {journal['data_id']}"
             try:
                 if _settle_forward(repo, journal):
-                    apply_journal(repo, journal)
+                    roll_forward(repo, journal)
                     actions.append(Action("rolled forward", member.label, f"{what} finished"))
                 else:
                     for entry in journal["files"]:  # type: ignore[attr-defined]

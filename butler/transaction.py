@@ -159,6 +159,14 @@ def put(
             for target, result in zip(targets, results, strict=True)
             if isinstance(result, BaseException)
         ]
+        applied = [
+            (target.repo, plan)
+            for target, plan, result in zip(targets, plans, results, strict=True)
+            if not isinstance(result, BaseException)
+        ]
+        for repo, plan in applied:
+            _note_unsettled(repo, txid, _journal_dirs(repo, plan))
+        _each(_settle_if_due, [repo for repo, _ in applied])
         if failures:
             raise TransactionError(
                 f"put of {what} is committed but not yet applied in {'; '.join(failures)}; "
@@ -303,16 +311,104 @@ def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
         # A previous version stored at another path (its template changed) leaves it.
         for old in set(old_paths) - {entry["path"] for entry in entries}:
             (repo.path / old).unlink(missing_ok=True)
-            touched.add((repo.path / old).parent)
-    for directory in touched:
-        fsync_directory(directory)
     _crash_point("renamed")
     repo.registry.insert(commit)
-    _crash_point("inserted")
-    journal_path = repo.internal / "journal" / f"{commit.txid}.json"
-    if journal_path.exists():
-        os.replace(journal_path, repo.internal / "records" / f"{commit.txid}.json")
     _crash_point("applied")
+
+
+def roll_forward(repo: DataRepository, journal: Mapping[str, object]) -> None:
+    """Apply a committed put left by another writer and settle it at once."""
+    apply_journal(repo, journal)
+    _settle(repo, {str(journal["txid"]): _journal_dirs(repo, journal)})
+
+
+# -- settling ----------------------------------------------------------------
+#
+# An applied put is visible but its renames and registry row are not yet known to
+# be on disk (no directory fsync, SQLite synchronous=NORMAL): its journal stays, so a
+# crash rolls it forward again.  Settling makes them durable (fsync the directories
+# and the registry's WAL) and only then turns the journal into the record.  Puts
+# settle in batches: the flushes are paid once per batch, not once per put.
+
+SETTLE_BATCH = 32  # journals awaiting settlement per repository, at most
+SETTLE_SECONDS = 1.0  # and none waits longer than this once another put comes
+_unsettled: dict[Path, dict[str, set[Path]]] = {}
+_unsettled_since: dict[Path, float] = {}
+_unsettled_lock = threading.Lock()
+_repositories: dict[Path, DataRepository] = {}
+
+
+def _journal_dirs(repo: DataRepository, journal: Mapping[str, object]) -> set[Path]:
+    """The directories whose entries applying ``journal`` changed."""
+    previous = journal.get("previous")
+    old_paths = [str(p) for p in journal.get("previous_files") or ()]  # type: ignore[attr-defined]
+    dirs = {(repo.path / entry["path"]).parent for entry in _entries(journal)}
+    dirs.update((repo.path / old).parent for old in old_paths)
+    if previous is not None:
+        versions = repo.internal / "versions" / f"v{previous}"
+        dirs.update((versions / old).parent for old in old_paths)
+    return dirs
+
+
+def _note_unsettled(repo: DataRepository, txid: str, dirs: set[Path]) -> None:
+    with _unsettled_lock:
+        _repositories[repo.internal] = repo
+        _unsettled.setdefault(repo.internal, {})[txid] = dirs
+        _unsettled_since.setdefault(repo.internal, time.monotonic())
+
+
+def _settle_if_due(repo: DataRepository) -> None:
+    """Settle this process's applied puts in ``repo`` if enough wait or one waited long."""
+    with _unsettled_lock:
+        waiting = _unsettled.get(repo.internal, {})
+        since = _unsettled_since.get(repo.internal, time.monotonic())
+        due = len(waiting) >= SETTLE_BATCH or time.monotonic() - since >= SETTLE_SECONDS
+    if due:
+        settle_pending(repo)
+
+
+def settle_pending(repo: DataRepository) -> None:
+    """Settle every put this process applied in ``repo``; the caller holds its lock."""
+    with _unsettled_lock:
+        waiting = _unsettled.pop(repo.internal, {})
+        _unsettled_since.pop(repo.internal, None)
+    if waiting:
+        _settle(repo, waiting)
+
+
+def settle_all() -> None:
+    """Settle this process's applied puts everywhere (at exit, and on Butler.close)."""
+    with _unsettled_lock:
+        internals = list(_unsettled)
+    for internal in internals:
+        repo = _repositories.get(internal)
+        if repo is None or not internal.is_dir():
+            # Moved or deleted meanwhile: its journals went with it, and the next open
+            # settles them wherever it is now.
+            with _unsettled_lock:
+                _unsettled.pop(internal, None)
+                _unsettled_since.pop(internal, None)
+            continue
+        try:
+            with repo.lock():
+                settle_pending(repo)
+        except OSError as exc:  # the journals stay; the next open settles them
+            log.warning("%s: could not settle applied puts now: %s", repo.label, exc)
+
+
+def _settle(repo: DataRepository, journals: Mapping[str, set[Path]]) -> None:
+    directories = set().union(*journals.values())
+    for directory in directories:
+        if directory.is_dir():
+            fsync_directory(directory)
+    repo.registry.sync()
+    _crash_point("settled")
+    for txid in journals:
+        with contextlib.suppress(FileNotFoundError):  # another process settled it
+            os.replace(
+                repo.internal / "journal" / f"{txid}.json",
+                repo.internal / "records" / f"{txid}.json",
+            )
 
 
 def recover(repo: DataRepository) -> None:
@@ -339,7 +435,11 @@ def recover_locked(repo: DataRepository) -> set[str]:
     journal_dir = repo.internal / "journal"
     names = os.listdir(journal_dir)
     live: set[str] = set()
+    with _unsettled_lock:
+        mine = set(_unsettled.get(repo.internal, ()))
     for name in sorted(names):
+        if name.partition(".")[0] in mine:
+            continue  # applied by this process, settled with its batch
         path = journal_dir / name
         journal = load_journal(path)
         if journal is None:  # cut short by a crash: that put never prepared here
@@ -349,10 +449,13 @@ def recover_locked(repo: DataRepository) -> set[str]:
             path.unlink(missing_ok=True)
             continue
         txid = str(journal["txid"])
+        if repo.registry.has_transaction(txid):  # applied, waiting to settle: settle it
+            _settle(repo, {txid: _journal_dirs(repo, journal)})
+            continue
         decision = _decide(repo, journal)
         if decision == "commit":
             log.warning("%s: rolling forward put %s left by a dead writer", repo.label, txid)
-            apply_journal(repo, journal)
+            roll_forward(repo, journal)
         elif decision == "abort":
             log.warning("%s: rolling back put %s left by a dead writer", repo.label, txid)
             for entry in _entries(journal):
@@ -427,6 +530,7 @@ def _release_owners() -> None:
 
 
 atexit.register(_release_owners)
+atexit.register(lambda: settle_all())  # registered last, so it runs first
 
 
 def _owner_alive(repo: DataRepository, tag: str) -> bool:
@@ -536,6 +640,7 @@ def remove(repo: DataRepository, dataset_type: str, data_id: Mapping[str, int | 
         }
         write_durably(repo.internal / "records" / f"{txid}.json", json.dumps(record).encode())
         repo.registry.mark_removed(dataset_type, key)
+        repo.registry.sync()
         for row in rows:
             (repo.path / row.path).unlink(missing_ok=True)
     return True

@@ -117,6 +117,7 @@ def test_a_lost_record_is_written_again(make_repo: MakeRepo, closing: list[Butle
     b = Butler(repo)
     closing.append(b)
     ref = b.put(make_image(1), "calexp", visit=1, ccd=1)[0]
+    b.close()  # settles the put: its journal becomes its record
     (repo / ".butler" / "records" / f"{ref.txid}.json").unlink()
     assert kinds(verify(b).problems) == [("unrecorded", "A")]
     repaired = repair(b)

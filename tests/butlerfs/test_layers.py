@@ -11,6 +11,7 @@ LIBRARY = PACKAGE.parent / "butler"
 
 #: Top to bottom: a module may import only modules listed after it.
 ORDER = [
+    "demo",
     "cli",
     "daemon",
     "operations",
