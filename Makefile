@@ -4,9 +4,11 @@
 PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr
+# systemd only for systemd-analyze (tests check the unit files), strace for benchmarks.
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr \
+	systemd strace
 
-.PHONY: all setup system venv test lint typecheck pytest demo bench clean
+.PHONY: all setup system venv test lint typecheck pytest demo bench install clean
 
 all: test
 
@@ -31,6 +33,7 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check butler butlerfs tests bench
 	$(VENV)/bin/ruff format --check butler butlerfs tests bench
+	bash -n mount/install.sh mount/uninstall.sh
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -45,6 +48,12 @@ demo: setup
 
 bench: setup
 	$(PY) bench/library.py
+	$(PY) bench/mount.py
+
+# System-wide install for admins (mount helper, systemd unit): see docs/admin-guide.md.
+PREFIX ?= /opt/butlerfs
+install: system
+	mount/install.sh --prefix $(PREFIX)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache demo-work

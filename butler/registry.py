@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import quote
 
 from butler.errors import RepositoryError
 
@@ -153,16 +154,18 @@ class Registry:
         if connection is not None:
             return connection
         try:
-            connection = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=60.0
-            )
-            # WAL: readers never block the writer.  NORMAL: a commit is not flushed by
-            # itself; the write protocol keeps its journal until sync() (batched).
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=OFF")
-            if not getattr(self, "_schema_checked", False):
-                self._ensure_schema(connection)
+            if self.read_only:
+                connection = self._connect_read_only()
+            else:
+                connection = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=60.0
+                )
+                # WAL: readers never block the writer.  NORMAL: a commit is not flushed by
+                # itself; the write protocol keeps its journal until sync() (batched).
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+                if not getattr(self, "_schema_checked", False):
+                    self._ensure_schema(connection)
         except sqlite3.Error as exc:
             raise RepositoryError(
                 f"cannot open registry {self.path}: {exc}; if it is damaged, delete it "
@@ -170,6 +173,27 @@ class Registry:
             ) from exc
         self._local.connection = connection
         return connection
+
+    @property
+    def read_only(self) -> bool:
+        """A shared input the reader cannot write (its directory is not writable to us)."""
+        return not os.access(self.path.parent, os.W_OK)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        # mode=ro reads a WAL database while its -shm exists (a writer has it open);
+        # otherwise every commit is already in the main file and immutable=1 reads it
+        # without the locks a read-only directory cannot hold.
+        for query in ("mode=ro", "immutable=1"):
+            uri = f"file:{quote(str(self.path))}?{query}"
+            try:
+                connection = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False, timeout=60.0
+                )
+                connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            except sqlite3.OperationalError:
+                continue
+            return connection
+        raise sqlite3.OperationalError("neither mode=ro nor immutable=1 could open it")
 
     def _ensure_schema(self, connection: sqlite3.Connection) -> None:
         connection.executescript(_SCHEMA)

@@ -422,6 +422,8 @@ def recover(repo: DataRepository) -> None:
         return
     if not pending and not staging:
         return
+    if not os.access(repo.internal, os.W_OK):
+        return  # a shared input we cannot write: its owner's next open recovers it
     with repo.lock():
         live = recover_locked(repo)
         _remove_orphans(repo, live)
