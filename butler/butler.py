@@ -28,6 +28,7 @@ from butler.errors import (
     InvalidDataIdError,
     NoOutputError,
     RepositoryError,
+    UnknownLabelError,
 )
 from butler.policy import DatasetTypeDef, merge
 from butler.registry import Commit, Row
@@ -228,10 +229,15 @@ class Butler:
         dataId: Mapping[str, object] | None = None,
         *,
         provenance: Mapping[str, object] | None = None,
+        outputs: Sequence[str] | None = None,
         **keys: object,
     ) -> list[DatasetRef]:
-        """Put an existing file's bytes (checked by its format) as a dataset."""
-        return self._put(datasetType, dataId, keys, provenance, file=Path(file))
+        """Put an existing file's bytes (checked by its format) as a dataset.
+
+        ``outputs`` narrows the put to the outputs with those labels (the mount's
+        ``.repos/<label>/`` writes); by default every accepting output gets it.
+        """
+        return self._put(datasetType, dataId, keys, provenance, file=Path(file), only=outputs)
 
     def _put(
         self,
@@ -242,6 +248,7 @@ class Butler:
         *,
         obj: object = None,
         file: Path | None = None,
+        only: Sequence[str] | None = None,
     ) -> list[DatasetRef]:
         plain, version, label = _split(data_id, keys)
         if version is not None or label is not None:
@@ -251,9 +258,17 @@ class Butler:
             )
         definition = self.resolver.definition(dataset_type)
         coerced = coerce_data_id(plain, definition.keys)
+        if only is not None:
+            unknown = set(only) - {m.label for m in self.resolver.outputs}
+            if unknown:
+                raise UnknownLabelError(
+                    f"no output is labelled {sorted(unknown)}; outputs: "
+                    f"{[m.label for m in self.resolver.outputs]}"
+                )
         plans = []
         for member, stored in self.resolver.writers(dataset_type):
-            plans.append((member, _planned_files(stored, dataset_type, coerced)))
+            if only is None or member.label in only:
+                plans.append((member, _planned_files(stored, dataset_type, coerced)))
         if not any(files for _, files in plans):
             raise NoOutputError(
                 f"no output accepts {dataset_type}: outputs are "

@@ -109,3 +109,17 @@ def test_an_input_keeps_its_label_when_reached_as_a_parent(tmp_path: Path) -> No
     )
     assert [label for label, _, _ in butler.repositories] == ["fresh", "second"]
     assert butler.exists("calexp", visit=1, ccd=1, repositoryLabel="second")
+
+
+def test_ingest_to_one_output(tmp_path: Path) -> None:
+    from astropy.io import fits
+
+    image = tmp_path / "image.fits"
+    fits.PrimaryHDU(np.ones((2, 2))).writeto(image)
+    DataRepository.create(tmp_path / "a", policy=POLICY)
+    butler = Butler(outputs=[tmp_path / "a", tmp_path / "b"])
+    (ref,) = butler.ingest(image, "calexp", visit=1, ccd=1, outputs=["b"])
+    assert ref.repository == "b"
+    assert not Butler(tmp_path / "a").exists("calexp", visit=1, ccd=1)
+    with pytest.raises(LookupError, match="no output is labelled"):
+        butler.ingest(image, "calexp", visit=1, ccd=2, outputs=["c"])
