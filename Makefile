@@ -31,8 +31,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: setup
-	$(VENV)/bin/ruff check butler butlerfs tests bench
-	$(VENV)/bin/ruff format --check butler butlerfs tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	bash -n mount/install.sh mount/uninstall.sh
 
 typecheck: setup
