@@ -109,9 +109,16 @@ class Butler:
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
     ) -> object:
         member, row = self._find(datasetType, dataId, keys)
-        return formats.get_format(row.storage).read(
-            os.fspath(self.resolver.ref(member, row).path), self.resolver.python_type(member, row)
-        )
+        try:
+            return formats.get_format(row.storage).read(
+                str(member.repo.file_of(row)), self.resolver.python_type(member, row)
+            )
+        except FileNotFoundError:
+            raise DatasetNotFoundError(
+                f"{datasetType} is recorded in {member.label} but its file "
+                f"{member.repo.file_of(row)} is missing; run 'butler verify' and "
+                "'butler repair' on the repository"
+            ) from None
 
     def exists(
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object

@@ -226,13 +226,6 @@ def verify(
         return _scan(_members(butler), progress).report
 
 
-def stored_path(repo: DataRepository, row: Row) -> Path:
-    """Where a version's file lives: its template path while current, else versions/vN/."""
-    if row.current and not row.removed:
-        return repo.path / row.path
-    return repo.internal / "versions" / f"v{row.version}" / row.path
-
-
 def all_rows(repo: DataRepository) -> list[Row]:
     """Every file of every version (removed ones too) the registry of ``repo`` records."""
     return repo.registry.all_files()
@@ -284,7 +277,7 @@ def _check_file(member: Member, row: Row, scan: _Scan) -> tuple[Problem, Row] | 
     repo = member.repo
     error: OSError | None = None
     for attempt in range(2):
-        path = stored_path(repo, row)
+        path = repo.file_of(row)
         try:
             digest, size = hash_file(path)
         except OSError as exc:
@@ -303,7 +296,7 @@ def _check_file(member: Member, row: Row, scan: _Scan) -> tuple[Problem, Row] | 
                 for each in repo.registry.lookup(row.dataset_type, row.data_id, row.version)
                 if each.location == row.location
             ]
-            if not fresh or stored_path(repo, fresh[0]) == path:
+            if not fresh or repo.file_of(fresh[0]) == path:
                 break
             row = fresh[0]
     what = f"{_describe(row, repo)} in {member.label}"
@@ -349,7 +342,7 @@ def _unrecorded(member: Member, rows: list[Row], scan: _Scan) -> list[Problem]:
             "'butler reindex' would lose it and its provenance is gone; run 'butler repair' "
             "to write the record again from the registry",
             row,
-            stored_path(member.repo, row),
+            member.repo.file_of(row),
         )
         problems.append(problem)
         scan.rows[problem] = (member, row)
@@ -603,7 +596,7 @@ def _restore(member: Member, row: Row, source: Path) -> Action:
         ]
         if not fresh:
             raise _Unrepairable("not repaired: the registry changed meanwhile; run it again")
-        destination = stored_path(repo, fresh[0])
+        destination = repo.file_of(fresh[0])
         with contextlib.suppress(OSError):
             if hash_file(destination)[0] == row.sha256:
                 return Action("restored", member.label, f"{destination} was already good")

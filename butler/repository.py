@@ -25,7 +25,7 @@ from pathlib import Path
 from butler import yamlio
 from butler.errors import ConfigError, RepositoryError
 from butler.policy import DatasetTypeDef, Policy
-from butler.registry import Registry
+from butler.registry import Registry, Row
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "butler.yaml"
@@ -130,6 +130,12 @@ class DataRepository:
             yield
         finally:
             os.close(fd)
+
+    def file_of(self, row: Row) -> Path:
+        """Where a version's file is: its template path while current, else versions/vN/."""
+        if row.current and not row.removed:
+            return self.path / row.path
+        return self.internal / "versions" / f"v{row.version}" / row.path
 
     def reload_config_if_changed(self) -> bool:
         """Reread butler.yaml if another process changed it (e.g. a define)."""

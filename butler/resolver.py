@@ -15,7 +15,6 @@ aggregator's policy and the command line are merged over that.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -256,11 +255,8 @@ class Resolver:
         raise self._not_found(dataset_type, data_id, self.members_for(label), None)
 
     def ref(self, member: Member, row: Row) -> DatasetRef:
+        path = str(member.repo.file_of(row))
         repo = member.repo
-        if row.current and not row.removed:
-            path = os.path.join(repo.path, row.path)
-        else:
-            path = os.path.join(repo.internal, "versions", f"v{row.version}", row.path)
         data_id = _loads_data_id(row.data_id)
         definition = self.policy.dataset_types.get(row.dataset_type)
         if definition is not None and len(definition.keys) == len(data_id):
