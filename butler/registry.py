@@ -21,6 +21,7 @@ import json
 import os
 import posixpath
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -129,7 +130,12 @@ class RegistryBackend(Protocol):
     def has_transaction(self, txid: str) -> bool: ...
     def insert(self, commit: Commit) -> None: ...
     def list_directory(
-        self, directory: str, primary_only: bool, include_removed: bool = False
+        self,
+        directory: str,
+        primary_only: bool,
+        include_removed: bool = False,
+        start: str = "",
+        limit: int = -1,
     ) -> tuple[list[str], list[Row]]: ...
     def all_files(self) -> list[Row]: ...
     def change_seq(self) -> int: ...
@@ -293,24 +299,34 @@ class Registry:
         return self._connect().execute(sql, (txid,)).fetchone() is not None
 
     def list_directory(
-        self, directory: str, primary_only: bool, include_removed: bool = False
+        self,
+        directory: str,
+        primary_only: bool,
+        include_removed: bool = False,
+        start: str = "",
+        limit: int = -1,
     ) -> tuple[list[str], list[Row]]:
-        """Subdirectory names and current files directly inside ``directory`` ("" = root)."""
+        """Subdirectory names and current files directly inside ``directory`` ("" = root).
+
+        Both by name; with ``start`` only names from ``start`` on, and with ``limit`` at
+        most that many of each (a window: complete up to the last name returned).
+        """
         connection = self._connect()
         subdirs = [
             name
             for (name,) in connection.execute(
-                "SELECT name FROM dirs WHERE parent = ? ORDER BY name", (directory,)
+                "SELECT name FROM dirs WHERE parent = ? AND name >= ? ORDER BY name LIMIT ?",
+                (directory, start, limit),
             )
         ]
         sql = (
             f"SELECT {_ROW_COLUMNS} FROM files f JOIN datasets d ON d.id = f.dataset "
-            "WHERE f.dir = ? AND d.current = 1"
+            "WHERE f.dir = ? AND f.name >= ? AND d.current = 1"
             + ("" if include_removed else " AND d.removed = 0")
             + (" AND f.primary_file = 1" if primary_only else "")
-            + " ORDER BY f.name"
+            + " ORDER BY f.name LIMIT ?"
         )
-        return subdirs, [_row(row) for row in connection.execute(sql, (directory,))]
+        return subdirs, [_row(row) for row in connection.execute(sql, (directory, start, limit))]
 
     def lookup_path(self, path: str) -> list[Row]:
         """The current file at ``path`` (relative), as a list of zero or one rows."""
@@ -451,7 +467,7 @@ def _row(values: tuple[object, ...]) -> Row:
     (dataset_type, data_id, version, txid, committed, current, removed, location, path, storage,
      size, sha256) = values  # fmt: skip
     return Row(
-        str(dataset_type),
+        sys.intern(str(dataset_type)),  # interned: a listing holds thousands of rows
         str(data_id),
         int(version),  # type: ignore[call-overload]
         str(txid),
@@ -460,7 +476,7 @@ def _row(values: tuple[object, ...]) -> Row:
         bool(removed),
         int(location),  # type: ignore[call-overload]
         str(path),
-        str(storage),
+        sys.intern(str(storage)),
         int(size),  # type: ignore[call-overload]
         str(sha256),
     )

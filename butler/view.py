@@ -26,7 +26,7 @@ from butler.errors import (
     NoOutputError,
 )
 from butler.registry import Row
-from butler.resolver import DatasetRef, Member
+from butler.resolver import DatasetRef, Member, Resolver
 from butler.template import DataId, Template
 
 REPOS = ".repos"
@@ -35,20 +35,73 @@ STATUS = ".butler"
 SPECIAL = (REPOS, VERSIONS, STATUS)
 
 
-@dataclass(frozen=True)
 class Node:
-    """A path in the tree: a dataset file (``ref`` set) or a directory."""
+    """A path in the tree: a dataset file (``ref`` set) or a directory.
 
-    path: str
-    ref: DatasetRef | None = None
+    A listing makes thousands of nodes, and the mount shows most of them with only their
+    size and commit time: a node made from a registry row makes its :class:`DatasetRef`
+    when ``ref`` is first read (a JSON parse and a dozen fields, most of a listing's cost).
+    """
+
+    __slots__ = ("_member", "_ref", "_resolver", "_row", "path")
+
+    def __init__(self, path: str, ref: DatasetRef | None = None) -> None:
+        self.path = path
+        self._ref = ref
+        self._row: Row | None = None
+        self._resolver: Resolver | None = None
+        self._member: Member | None = None
+
+    @classmethod
+    def of_row(cls, path: str, resolver: Resolver, member: Member, row: Row) -> Node:
+        node = cls(path)
+        node._row = row
+        node._resolver = resolver
+        node._member = member
+        return node
+
+    @property
+    def ref(self) -> DatasetRef | None:
+        row, resolver, member = self._row, self._resolver, self._member
+        if row is not None and resolver is not None and member is not None:
+            self._ref = resolver.ref(member, row)
+            # The row is no longer needed (a race with another thread only repeats this).
+            self._row = self._resolver = self._member = None
+        return self._ref
 
     @property
     def is_directory(self) -> bool:
-        return self.ref is None
+        return self._ref is None and self._row is None
 
     @property
     def name(self) -> str:
         return posixpath.basename(self.path)
+
+    @property
+    def dataset_type(self) -> str | None:
+        row = self._row
+        if row is not None:
+            return row.dataset_type
+        return None if self._ref is None else self._ref.dataset_type
+
+    @property
+    def size(self) -> int:
+        row = self._row
+        if row is not None:
+            return row.size
+        return 0 if self._ref is None else self._ref.size
+
+    @property
+    def committed(self) -> float:
+        """Commit time (seconds since the epoch); 0 for a directory."""
+        row = self._row
+        if row is not None:
+            return row.committed
+        return 0.0 if self._ref is None else self._ref.committed
+
+    def __repr__(self) -> str:
+        kind = "directory" if self.is_directory else "file"
+        return f"Node({self.path!r}, {kind})"
 
 
 @dataclass(frozen=True)
@@ -70,6 +123,8 @@ class View:
     def __init__(self, butler: Butler) -> None:
         self.butler = butler
         self.resolver = butler.resolver
+        #: Advances at every refresh: answers a caller cached are stale once it has moved.
+        self.revision = 0
         self.refresh()
 
     def refresh(self) -> None:
@@ -88,6 +143,7 @@ class View:
         self._members = self.resolver.search + [
             m for m in self.resolver.outputs if m not in self.resolver.search
         ]
+        self.revision += 1  # last: what was listed with the old index has the old number
 
     # -- questions about paths ------------------------------------------------
 
@@ -107,7 +163,7 @@ class View:
             except (LookupError, ValueError):
                 pass
             else:
-                return Node(path, self.resolver.ref(member, row))
+                return Node.of_row(path, self.resolver, member, row)
         if any(m.repo.registry.is_directory(path) for m in self.resolver.search):
             return Node(path)
         raise _missing(path)
@@ -127,6 +183,44 @@ class View:
         if not nodes and not self.stat(path).is_directory:
             raise _missing(path)
         return nodes
+
+    def listdir_from(
+        self, path: str, start: str, limit: int
+    ) -> tuple[list[Node], str | None] | None:
+        """A window of ``listdir(path)``: the children named ``start`` or after, by name.
+
+        Returns ``(nodes, last)``: every child whose name lies from ``start`` to ``last``
+        (``None``: to the end), so a name in that range that is not among them is not in
+        the listing either.  At most ``limit`` names are read per repository, through the
+        registry's (directory, name) index.  The mount uses it when many names of one
+        directory are looked up one by one (``stat`` of every file without a listing):
+        one range query instead of one query per name.  ``None`` for directories it does
+        not serve this way (the root, ``.versions``, ``.butler``).
+        """
+        head, _, rest = path.partition("/")
+        if path == "" or head in (VERSIONS, STATUS):
+            return None
+        if head == REPOS:
+            label, _, relative = rest.partition("/")
+            if not label:
+                return None
+            member = self._member(label, path)
+            subdirs, rows = member.repo.registry.list_directory(
+                relative, primary_only=False, start=start, limit=limit
+            )
+            last = _window_end(None, subdirs, limit)
+            last = _window_end(last, [posixpath.basename(row.path) for row in rows], limit)
+            named = {name: Node(posixpath.join(path, name)) for name in subdirs}
+            for row in rows:
+                name = posixpath.basename(row.path)
+                if name not in named:
+                    child = posixpath.join(path, name)
+                    named[name] = Node.of_row(child, self.resolver, member, row)
+            return _within([named[name] for name in sorted(named)], last), last
+        nodes, last = self._union_window(
+            path, self.resolver.search, include_removed=False, start=start, limit=limit
+        )
+        return _within(nodes, last), last
 
     def parse(self, path: str) -> tuple[str, DataId] | None:
         """(dataset type, data ID) of a union path, by the view templates; None if no match."""
@@ -243,11 +337,35 @@ class View:
     def _union_listdir(
         self, directory: str, members: Iterable[Member], *, include_removed: bool
     ) -> list[Node]:
+        return self._union_window(directory, members, include_removed=include_removed)[0]
+
+    def _union_window(
+        self,
+        directory: str,
+        members: Iterable[Member],
+        *,
+        include_removed: bool,
+        start: str = "",
+        limit: int = -1,
+    ) -> tuple[list[Node], str | None]:
+        """The union listing from ``start`` (all of it by default), and where it is complete.
+
+        With a ``limit``, each repository's names are complete only up to the last one it
+        returned; the result is complete up to the smallest of those (``None``: the end).
+        """
         names: dict[str, Node] = {}
+        last: str | None = None
         for member in members:
             subdirs, rows = member.repo.registry.list_directory(
-                directory, primary_only=True, include_removed=include_removed
+                directory,
+                primary_only=True,
+                include_removed=include_removed,
+                start=start,
+                limit=limit,
             )
+            if limit > 0:
+                last = _window_end(last, subdirs, limit)
+                last = _window_end(last, [posixpath.basename(row.path) for row in rows], limit)
             for name in subdirs:
                 names.setdefault(name, Node(posixpath.join(directory, name)))
             for row in rows:
@@ -255,8 +373,8 @@ class View:
                     continue  # stored under another template: not at this view path
                 name = posixpath.basename(row.path)
                 if name not in names:
-                    names[name] = Node(row.path, self.resolver.ref(member, row))
-        return [names[name] for name in sorted(names)]
+                    names[name] = Node.of_row(row.path, self.resolver, member, row)
+        return [names[name] for name in sorted(names)], last
 
     def _stored_template(self, member: Member, row: Row) -> str | None:
         key = (member.label, row.dataset_type, row.location)
@@ -285,7 +403,7 @@ class View:
             return Node(path)
         rows = member.repo.registry.lookup_path(relative)
         if rows:
-            return Node(path, self.resolver.ref(member, rows[0]))
+            return Node.of_row(path, self.resolver, member, rows[0])
         if member.repo.registry.is_directory(relative):
             return Node(path)
         raise _missing(path)
@@ -299,7 +417,8 @@ class View:
         nodes = {name: Node(posixpath.join(path, name)) for name in subdirs}
         for row in rows:
             name = posixpath.basename(row.path)
-            nodes.setdefault(name, Node(posixpath.join(path, name), self.resolver.ref(member, row)))
+            if name not in nodes:
+                nodes[name] = Node.of_row(posixpath.join(path, name), self.resolver, member, row)
         if not nodes and not self._repo_stat(path, rest).is_directory:
             raise _missing(path)
         return [nodes[name] for name in sorted(nodes)]
@@ -335,6 +454,17 @@ class View:
             return self.resolver.versions(parsed[0], parsed[1], None)
         except (LookupError, ButlerError):
             return []
+
+
+def _window_end(last: str | None, names: list[str], limit: int) -> str | None:
+    """The end of a window: ``names`` (sorted, at most ``limit``) is complete to its last."""
+    if limit <= 0 or len(names) < limit:
+        return last
+    return names[-1] if last is None else min(last, names[-1])
+
+
+def _within(nodes: list[Node], last: str | None) -> list[Node]:
+    return nodes if last is None else [node for node in nodes if node.name <= last]
 
 
 def _version_name(ref: DatasetRef) -> str:

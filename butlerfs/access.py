@@ -31,6 +31,9 @@ from butlerfs.errors import refusal
 P = ParamSpec("P")
 R = TypeVar("R")
 C = TypeVar("C", bound=type)
+F = TypeVar("F", bound=Callable[..., Awaitable[object]])
+
+_CHECKS_ITSELF = "__butlerfs_checks_caller__"
 
 
 class Access:
@@ -38,6 +41,9 @@ class Access:
 
     def __init__(self, uids: frozenset[int] | None) -> None:
         self.uids = uids
+
+    def admits(self, uid: int) -> bool:
+        return self.uids is None or uid in self.uids
 
     def check(self, uid: int) -> None:
         if self.uids is not None and uid not in self.uids:
@@ -49,6 +55,17 @@ class Access:
 
 class _Checked(Protocol):
     callers: Access
+
+
+def checks_caller_itself(handler: F) -> F:
+    """Mark a hot handler that calls ``self.callers.admits``/``check`` itself.
+
+    :func:`checked` leaves it alone, so an answer from memory (``lookup`` of a listed
+    entry, ENODATA for ``security.selinux``, asked of every file by ``ls -l``) costs one
+    wrapper (the errno translation), not two.
+    """
+    setattr(handler, _CHECKS_ITSELF, True)
+    return handler
 
 
 def _checked(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -66,10 +83,13 @@ def checked(cls: C) -> C:
     """Class decorator: check the caller of every pyfuse3 handler that has one (``ctx``).
 
     The instances must have a ``callers`` attribute, the :class:`Access` to check with.
+    A handler marked :func:`checks_caller_itself` is left alone.
     """
     for name, member in list(vars(cls).items()):
         base = getattr(pyfuse3.Operations, name, None)
         if base is None or not inspect.iscoroutinefunction(base):
+            continue
+        if getattr(member, _CHECKS_ITSELF, False):
             continue
         if "ctx" in inspect.signature(base).parameters:
             setattr(cls, name, _checked(member))

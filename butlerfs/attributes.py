@@ -54,3 +54,12 @@ def attributes(entry: Entry, inode: InodeId, owner: Owner) -> pyfuse3.EntryAttri
     attrs.st_mtime_ns = entry.mtime_ns
     attrs.st_ctime_ns = entry.mtime_ns
     return attrs
+
+
+def absent() -> pyfuse3.EntryAttributes:
+    """A failed lookup the kernel may remember (inode 0) until told otherwise."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = 0
+    attrs.entry_timeout = CACHE_SECONDS
+    attrs.attr_timeout = CACHE_SECONDS
+    return attrs

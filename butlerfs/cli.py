@@ -151,6 +151,7 @@ def _config(parsed: argparse.Namespace) -> MountConfig:
         policy=policy,
         fuse_options=mount_options.fuse,
         read_only=mount_options.read_only,
+        xattr=mount_options.xattr,
     )
 
 

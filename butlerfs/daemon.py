@@ -12,6 +12,7 @@ when the mount works.  Errors before that are :class:`StartupError`: one line.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,7 @@ class MountConfig:
     read_only: bool = False
     allowed_uids: frozenset[int] | None = None  # None: whoever the kernel lets in
     private_root: bool = False  # root directory 0700 (allow_other without allow_users)
+    xattr: str = "butler"  # -o xattr=MODE (butlerfs.options.XATTR_MODES)
 
     @property
     def fsname(self) -> str:
@@ -129,7 +131,9 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         butler, lambda: open_butler(config), Worker(), scratch, settings, invalidator.changed
     )
     owner = Owner(os.getuid(), os.getgid())
-    operations = Operations(tree, inodes, HandleTable(), owner, Access(config.allowed_uids))
+    operations = Operations(
+        tree, inodes, HandleTable(), owner, Access(config.allowed_uids), config.xattr
+    )
     # Signals wait (blocked) until the trio loop can take them: a SIGTERM between mount
     # and loop must still unmount cleanly.
     signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
@@ -144,6 +148,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
         reason = " ".join(libfuse_said()) or str(failed)
         raise StartupError(f"cannot mount on {config.mountpoint}: {reason}")
+    _tune_garbage_collector()
     try:
         failure = trio.run(_serve, config, tree, invalidator, ready)
     finally:
@@ -154,6 +159,24 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         log.info("unmounted %s", config.mountpoint)
     if failure is not None:
         raise failure
+
+
+#: gc.set_threshold for the daemon: a young collection every 50,000 allocations instead
+#: of 700, and full ones rarely.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def _tune_garbage_collector() -> None:
+    """The entry caches hold a few hundred thousand objects, none of them in a cycle.
+
+    With the default thresholds a ``find`` over 10^5 datasets spent a sixth of the
+    daemon's time in full collections that traverse them all and free nothing (the
+    cached entries go by reference counting when evicted).  What is loaded at start-up
+    (the library, astropy, numpy) is frozen out of collections for good.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ FileHandleId = NewType("FileHandleId", int)
 class BackingFile:
     fd: int
     path: str
+    size: int  # the committed version's: it never changes
 
 
 @dataclass
@@ -60,6 +61,10 @@ class HandleTable:
         number = FileHandleId(next(self._numbers))
         self._open[number] = handle
         return number
+
+    def find(self, number: int) -> Handle | None:
+        """The handle numbered ``number``, or None (the hot paths' test, raising nothing)."""
+        return self._open.get(FileHandleId(number))
 
     def get(self, number: FileHandleId) -> Handle:
         try:

@@ -40,11 +40,21 @@ def inode_of(path: str) -> InodeId:
 
 
 class InodeTable:
-    """Inode → path for every inode the kernel holds, with the kernel's lookup counts."""
+    """Inode → path for every inode the kernel holds, with the kernel's lookup counts.
+
+    Kernel-forget driven: an inode stays exactly as long as the kernel holds it (it
+    forgets under memory pressure, at unmount, or when told an entry changed), so the
+    table is as big as the kernel's own cache of this mount and no bigger.  Most
+    inodes are looked up once (a readdirplus entry), so only counts above one are
+    stored, keyed by the path object the table holds anyway: about 150 bytes an inode.
+    """
 
     def __init__(self) -> None:
         self._paths: dict[InodeId, str] = {ROOT: ""}
-        self._lookups: dict[InodeId, int] = {}
+        self._extra: dict[str, int] = {}  # path → lookups beyond the first, if any
+
+    def __len__(self) -> int:
+        return len(self._paths)
 
     def path(self, inode: InodeId) -> str:
         """The path of a known inode; ESTALE if the kernel asks about one it forgot."""
@@ -53,16 +63,25 @@ class InodeTable:
         except KeyError:
             raise OSError(errno.ESTALE, f"inode {inode} is not known (forgotten)") from None
 
-    def remember(self, path: str) -> InodeId:
-        """The inode of ``path``, counted as one more kernel lookup."""
-        inode = inode_of(path)
-        known = self._paths.setdefault(inode, path)
-        if known != path:
+    def get(self, inode: int) -> str | None:
+        """The path of a known inode, or None (the hot paths' test, raising nothing)."""
+        return self._paths.get(InodeId(inode))
+
+    def remember(self, path: str, inode: InodeId | None = None) -> InodeId:
+        """The inode of ``path`` (hashed unless given), counted as one more kernel lookup."""
+        if inode is None:
+            inode = inode_of(path)
+        paths = self._paths
+        known = paths.get(inode)
+        if known is None:
+            paths[inode] = path
+        elif known != path:
             raise OSError(
                 errno.EIO, f"inode {inode} collision between /{known} and /{path}; rename one"
             )
-        if inode != ROOT:
-            self._lookups[inode] = self._lookups.get(inode, 0) + 1
+        elif inode != ROOT:
+            extra = self._extra
+            extra[known] = extra.get(known, 0) + 1
         return inode
 
     def known(self, path: str) -> InodeId | None:
@@ -75,15 +94,27 @@ class InodeTable:
         inode = self.known(old)
         if inode is not None:
             self._paths[inode] = new
+            extra = self._extra.pop(old, None)
+            if extra is not None:
+                self._extra[new] = extra
         return inode
 
     def forget(self, inode: InodeId, count: int) -> None:
-        left = self._lookups.get(inode, 0) - count
-        if left > 0:
-            self._lookups[inode] = left
-        elif inode != ROOT:
-            self._lookups.pop(inode, None)
-            self._paths.pop(inode, None)
+        path = self._paths.get(inode)
+        if path is None or inode == ROOT:
+            return
+        left = self._extra.pop(path, 0) + 1 - count
+        if left > 1:
+            self._extra[path] = left - 1
+        elif left <= 0:
+            del self._paths[inode]
+
+    def lookups(self, inode: InodeId) -> int:
+        """How many lookups of ``inode`` the kernel has not forgotten (0: not known)."""
+        path = self._paths.get(inode)
+        if path is None:
+            return 0
+        return self._extra.get(path, 0) + 1
 
     def items(self) -> list[tuple[InodeId, str]]:
         return list(self._paths.items())

@@ -21,9 +21,10 @@ from collections.abc import Sequence
 
 import pyfuse3
 
+from butler.errors import DatasetNotFoundError
 from butlerfs import scratch, xattrs
-from butlerfs.access import Access, checked
-from butlerfs.attributes import Owner, attributes
+from butlerfs.access import Access, checked, checks_caller_itself
+from butlerfs.attributes import Owner, absent, attributes
 from butlerfs.entries import Entry
 from butlerfs.errors import refusal, translated
 from butlerfs.handles import (
@@ -35,8 +36,9 @@ from butlerfs.handles import (
     HandleTable,
     Snapshot,
 )
-from butlerfs.inodes import InodeId, InodeTable, inode_of
+from butlerfs.inodes import InodeId, InodeTable
 from butlerfs.tree import STATUS_FILE, Tree
+from butlerfs.worker import open_cached, read_cached
 
 
 @translated
@@ -46,7 +48,13 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(
-        self, tree: Tree, inodes: InodeTable, handles: HandleTable, owner: Owner, access: Access
+        self,
+        tree: Tree,
+        inodes: InodeTable,
+        handles: HandleTable,
+        owner: Owner,
+        access: Access,
+        xattr: str = "butler",
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -54,6 +62,16 @@ class Operations(pyfuse3.Operations):
         self.handles = handles
         self.owner = owner
         self.callers = access  # what @checked checks every caller with
+        # -o xattr=MODE (docs/mount.md, "Extended attributes and ls -l").  POSIX ACL support
+        # is never announced (pyfuse3's enable_acl): the kernel would cache "no ACL" per
+        # inode, but forgets it at every readdirplus, so `ls -l` would still ask for each
+        # file, and other users' permission checks would cost a round trip.
+        self.xattr_mode = xattr
+        self._foreign_xattr = pyfuse3.FUSEError(errno.ENODATA)  # raised, never formatted
+        self._unsupported_xattr = pyfuse3.FUSEError(
+            errno.EOPNOTSUPP if xattr == "notsup" else errno.ENODATA
+        )
+        self._no_xattrs = pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- helpers -------------------------------------------------------------
 
@@ -65,7 +83,7 @@ class Operations(pyfuse3.Operations):
 
     def _reply(self, entry: Entry) -> pyfuse3.EntryAttributes:
         """Attributes for a lookup-like answer: the kernel now holds one more reference."""
-        return attributes(entry, self.inodes.remember(entry.path), self.owner)
+        return attributes(entry, self.inodes.remember(entry.path, entry.inode), self.owner)
 
     def _draft_file(self, fh: pyfuse3.FileHandleT) -> DraftFile | None:
         handle = self.handles.get(FileHandleId(fh))
@@ -73,26 +91,45 @@ class Operations(pyfuse3.Operations):
 
     # -- names and attributes ------------------------------------------------
 
+    @checks_caller_itself
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        # Hot (a cold `stat` of every file): an entry the daemon has is answered from
+        # memory, with no thread hop.
+        self.callers.check(ctx.uid)
         parent = self._path(parent_inode)
         if name == b".":
             path = parent
         elif name == b"..":
             path = posixpath.dirname(parent)
         else:
-            path = posixpath.join(parent, os.fsdecode(name))
-        return self._reply(await self.tree.stat(path))
+            child = name.decode("utf-8", "surrogateescape")  # os.fsdecode, without the call
+            path = f"{parent}/{child}" if parent else child
+        entry = self.tree.known(path)
+        if entry is None:
+            try:
+                entry = await self.tree.stat(path)
+            except DatasetNotFoundError:
+                if not self.tree.absent(path):
+                    raise
+                return absent()  # cached by the kernel until a change lands there
+        return attributes(entry, self.inodes.remember(entry.path, entry.inode), self.owner)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        forget = self.inodes.forget
         for inode, count in inode_list:
-            self.inodes.forget(InodeId(inode), count)
+            forget(InodeId(inode), count)
 
+    @checks_caller_itself
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        entry = await self.tree.stat(self._path(inode))
+        self.callers.check(ctx.uid)
+        path = self._path(inode)
+        entry = self.tree.known(path)
+        if entry is None:
+            entry = await self.tree.stat(path)
         return attributes(entry, InodeId(inode), self.owner)
 
     async def setattr(
@@ -125,14 +162,19 @@ class Operations(pyfuse3.Operations):
         self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
     ) -> None:
         directory = self.handles.get_as(FileHandleId(fh), Directory)
-        if directory.entries is None or start_id == 0:
-            directory.entries = await self.tree.listdir(directory.path)
-        for index in range(start_id, len(directory.entries)):
-            entry = directory.entries[index]
-            attrs = attributes(entry, inode_of(entry.path), self.owner)
-            if not pyfuse3.readdir_reply(token, os.fsencode(entry.name), attrs, index + 1):
+        entries = directory.entries
+        if entries is None or start_id == 0:
+            entries = directory.entries = await self.tree.listdir(directory.path)
+        reply = pyfuse3.readdir_reply
+        remember = self.inodes.remember
+        owner = self.owner
+        for index in range(start_id, len(entries)):
+            entry = entries[index]
+            attrs = attributes(entry, entry.inode, owner)
+            name = entry.path.rpartition("/")[2].encode("utf-8", "surrogateescape")
+            if not reply(token, name, attrs, index + 1):
                 break
-            self.inodes.remember(entry.path)  # readdirplus: each entry counts as a lookup
+            remember(entry.path, entry.inode)  # readdirplus: each entry counts as a lookup
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self.handles.pop(FileHandleId(fh))
@@ -215,10 +257,24 @@ class Operations(pyfuse3.Operations):
         fh = self.handles.add(DraftFile(draft, writable=True))
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._reply(self.tree.draft_entry(draft))
 
+    @checks_caller_itself
     async def open(
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        handle = await self._open(self._path(inode), flags & os.O_ACCMODE != os.O_RDONLY)
+        self.callers.check(ctx.uid)
+        path = self._path(inode)
+        writable = flags & os.O_ACCMODE != os.O_RDONLY
+        if not writable:
+            # Hot (reading many small datasets): a committed dataset the daemon has an
+            # entry for, whose file the kernel can open from its caches: no thread hop.
+            entry = self.tree.known(path)
+            if entry is not None and not entry.volatile:
+                ref = entry.ref
+                fd = None if ref is None else open_cached(ref.path)
+                if fd is not None:
+                    number = self.handles.add(BackingFile(fd, path, entry.size))
+                    return pyfuse3.FileInfo(fh=number, keep_cache=True)
+        handle = await self._open(path, writable)
         # A committed version never changes: the kernel may keep its pages (and mmap
         # works, direct_io stays off).  The status file's size is unknown until read.
         return pyfuse3.FileInfo(
@@ -236,12 +292,16 @@ class Operations(pyfuse3.Operations):
             return DraftFile(draft, writable)
         if path == STATUS_FILE:
             return Snapshot(await self.tree.status())
-        fd, _ = await self.tree.open_dataset(path)
-        return BackingFile(fd, path)
+        fd, entry = await self.tree.open_dataset(path)
+        return BackingFile(fd, path, entry.size)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.handles.get(FileHandleId(fh))
         if isinstance(handle, BackingFile):
+            # Hot: pages the page cache holds are read at once, with no thread hop.
+            data = read_cached(handle.fd, size, off, handle.size)
+            if data is not None:
+                return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
             return await self.tree.worker.run(os.pread, handle.fd, size, off)
         if isinstance(handle, Snapshot):
             return handle.data[off : off + size]
@@ -274,12 +334,23 @@ class Operations(pyfuse3.Operations):
 
     # -- extended attributes -------------------------------------------------
 
+    @checks_caller_itself
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        if not xattrs.is_ours(name):  # security.*, system.*: answered without the library
-            raise refusal(errno.ENODATA, f"no extended attribute {name!r}")
-        entry = await self.tree.stat(self._path(inode))
+        # Hot: ls -l asks security.selinux and system.posix_acl_access of every file.  A
+        # name that is not ours is answered first, with a prebuilt error: no library, no
+        # formatting, no logging.  (with_traceback(None): a reraised instance would
+        # otherwise keep growing its traceback.)
+        if name not in xattrs.OURS and self.xattr_mode != "nosys" and self.callers.admits(ctx.uid):
+            if name.startswith(b"user."):
+                raise self._foreign_xattr.with_traceback(None)
+            raise self._unsupported_xattr.with_traceback(None)  # security.*, system.*, ...
+        self.callers.check(ctx.uid)
+        if self.xattr_mode == "nosys":
+            raise self._no_xattrs.with_traceback(None)
+        path = self._path(inode)
+        entry = self.tree.known(path) or await self.tree.stat(path)
         if entry.ref is None:
             raise refusal(errno.ENODATA, f"/{entry.path} is not a dataset")
         return await xattrs.value(name, entry.ref, self.tree.provenance)
@@ -287,6 +358,8 @@ class Operations(pyfuse3.Operations):
     async def listxattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> Sequence[pyfuse3.XAttrNameT]:
+        if self.xattr_mode == "nosys":
+            raise self._no_xattrs.with_traceback(None)
         entry = await self.tree.stat(self._path(inode))
         return xattrs.NAMES if entry.ref is not None else ()
 
@@ -297,11 +370,15 @@ class Operations(pyfuse3.Operations):
         value: bytes,
         ctx: pyfuse3.RequestContext,
     ) -> None:
+        if self.xattr_mode == "nosys":
+            raise self._no_xattrs.with_traceback(None)
         raise refusal(errno.ENOTSUP, "extended attributes are the butler's, read-only")
 
     async def removexattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> None:
+        if self.xattr_mode == "nosys":
+            raise self._no_xattrs.with_traceback(None)
         raise refusal(errno.ENOTSUP, "extended attributes are the butler's, read-only")
 
     # -- the filesystem ------------------------------------------------------

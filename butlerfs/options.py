@@ -62,6 +62,15 @@ PASSED_KEYS = frozenset({"fsname", "subtype"})
 #: ``-o policy.on_exists=error``: the same as ``--policy on_exists=error`` (fstab has no flags).
 POLICY_PREFIX = "policy."
 
+#: ``-o xattr=MODE``: how getxattr answers (docs/mount.md, "Extended attributes and ls -l").
+#:   butler  the default: ``user.butler.*`` of datasets; any other name ENODATA
+#:   notsup  ``user.butler.*`` too; names outside ``user.`` (``security.selinux``, POSIX
+#:           ACLs) EOPNOTSUPP, as on a filesystem without ACLs or security labels:
+#:           ``ls -l`` asks the first file only
+#:   nosys   no extended attributes at all: ENOSYS, after which the kernel answers every
+#:           getxattr itself, without asking the daemon
+XATTR_MODES = ("butler", "notsup", "nosys")
+
 
 @dataclass(frozen=True)
 class MountOptions:
@@ -69,6 +78,7 @@ class MountOptions:
     read_only: bool
     policy: tuple[str, ...]  # KEY=VALUE assignments
     allow_users: tuple[str, ...] = ()  # user names or uids let in besides owner and root
+    xattr: str = "butler"  # one of XATTR_MODES
 
     @property
     def allow_other(self) -> bool:
@@ -87,6 +97,7 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
     flags = {"default_permissions"}  # always: the kernel checks modes (SPEC §8, per-user views)
     policy = []
     allow_users: list[str] = []
+    xattr = "butler"
     for option in split(values):
         key, sep, value = option.partition("=")
         if option in ("ro", "rw"):
@@ -101,6 +112,13 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
             policy.append(option.removeprefix(POLICY_PREFIX))
         elif key == "allow_users" and sep:
             allow_users.extend(name for name in value.split(":") if name)
+        elif key == "xattr" and sep:
+            if value not in XATTR_MODES:
+                raise ConfigError(
+                    f"xattr={value}: give one of {', '.join(XATTR_MODES)} "
+                    "(see 'Mount options' in docs/mount.md)"
+                )
+            xattr = value
         else:
             raise ConfigError(
                 f"unknown mount option {option!r}; see 'Mount options' in docs/mount.md"
@@ -113,4 +131,6 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
         )
     # libfuse splits option values at commas: escape them (a path may hold one).
     keyed = {f"{key}={value.replace(',', chr(92) + ',')}" for key, value in fuse.items()}
-    return MountOptions(frozenset(flags | keyed), read_only, tuple(policy), tuple(allow_users))
+    return MountOptions(
+        frozenset(flags | keyed), read_only, tuple(policy), tuple(allow_users), xattr
+    )

@@ -139,6 +139,9 @@ class DraftTable:
         self._by_path: dict[str, Draft] = {}
         self._by_directory: dict[str, dict[str, Draft]] = {}
 
+    def __len__(self) -> int:
+        return len(self._by_path)
+
     def get(self, path: str) -> Draft | None:
         return self._by_path.get(path)
 

@@ -24,7 +24,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import trio
@@ -33,7 +33,7 @@ from butler import Butler, DatasetRef
 from butler.errors import ButlerError, DatasetNotFoundError
 from butler.view import REPOS, STATUS, VERSIONS, Node, View
 from butlerfs import scratch
-from butlerfs.entries import Entry, EntryCache
+from butlerfs.entries import Entry, EntryCache, ListingCache
 from butlerfs.errors import refusal
 from butlerfs.scratch import Draft, DraftTable, ScratchArea
 from butlerfs.worker import Worker
@@ -41,6 +41,46 @@ from butlerfs.worker import Worker
 log = logging.getLogger("butlerfs")
 
 STATUS_FILE = f"{STATUS}/status"
+
+#: Read-ahead of lookups (a cold ``stat`` of many files of one directory): the first
+#: miss in a directory asks for its name alone; each next miss reads that many names
+#: from it on, by name, in one range query, doubling up to the most.
+_AHEAD_FIRST = 64
+_AHEAD_MOST = 4096
+_AHEAD_DIRECTORIES = 1024  # directories followed; then it starts again
+
+#: Failed lookups the kernel may remember (see Tree.absent); beyond that, none more.
+ABSENT_LIMIT = 4096
+
+
+def _listing_key(view: View) -> Hashable:
+    """What a listing (or the status) of ``view`` is valid for: it and its changes."""
+    return (view, view.revision, view.token())
+
+
+def _list_if_changed(
+    view: View, path: str, known: Hashable | None
+) -> tuple[Hashable, list[Node] | None]:
+    """(key, listing), or (key, None) when ``known`` is still the key (in a worker)."""
+    key = _listing_key(view)  # before the listing: a change meanwhile shows next time
+    if key == known:
+        return key, None
+    return key, view.listdir(path)
+
+
+def _stat_ahead(
+    view: View, path: str, limit: int
+) -> tuple[Node | DatasetNotFoundError, list[Node]]:
+    """``view.stat(path)`` and the names after it in its directory (in a worker)."""
+    parent, _, name = path.rpartition("/")
+    window = view.listdir_from(parent, name, limit)
+    nodes = [] if window is None else window[0]
+    if nodes and nodes[0].path == path:
+        return nodes[0], nodes
+    try:
+        return view.stat(path), nodes
+    except DatasetNotFoundError as exc:
+        return exc, nodes
 
 
 class Namespace(enum.Enum):
@@ -91,6 +131,11 @@ class Tree:
         self.settings = settings
         self._notify = changed
         self._cache = EntryCache()
+        self._listings = ListingCache()
+        self._ahead: dict[str, int] = {}  # directory → read-ahead window of its next miss
+        self._status: tuple[Hashable, bytes] | None = None
+        self._absent: set[str] = set()  # paths the kernel was told hold nothing
+        self._absent_revision = self.view.revision
         self.drafts = DraftTable()
         self._made: dict[str, set[str]] = {}  # parent → directories made by mkdir
         self._write_lock = trio.Lock()
@@ -99,52 +144,165 @@ class Tree:
 
     # -- reading -----------------------------------------------------------
 
+    def known(self, path: str) -> Entry | None:
+        """The entry at ``path`` if the daemon has it in memory, else None.
+
+        The hot lookups (``lookup``, ``getattr``, ``open`` after a listing) answer from
+        this without a thread hop; None sends them to :meth:`stat`.
+        """
+        drafts = self.drafts
+        if drafts:
+            draft = drafts.get(path)
+            if draft is not None:
+                return self.draft_entry(draft)
+        if path == STATUS_FILE:
+            return None  # made on demand
+        if self._made and self._is_made(path):
+            return self._directory(path)
+        return self._cache.get(path)
+
     async def stat(self, path: str) -> Entry:
-        draft = self.drafts.get(path)
-        if draft is not None:
-            return self.draft_entry(draft)
+        entry = self.known(path)
+        if entry is not None:
+            return entry
         if path == STATUS_FILE:
             return self._status_entry(await self.status())
-        if self._is_made(path):
-            return self._directory(path)
-        cached = self._cache.get(path)
-        if cached is not None:
-            return cached
         generation = self._cache.generation
-        entry = self._entry(await self.worker.run(self.view.stat, path))
+        parent = path.rpartition("/")[0]
+        ahead = self._ahead
+        window = ahead.pop(parent, None)
+        if window is None or not path:
+            # A first miss in a directory asks for its name alone; if it was there, the
+            # next miss reads ahead (failed lookups, as before creating files, never do).
+            node = await self.worker.run(self.view.stat, path)
+            if path:
+                if len(ahead) >= _AHEAD_DIRECTORIES:
+                    ahead.clear()
+                ahead[parent] = _AHEAD_FIRST
+            entry = self._entry(node)
+            self._cache.put(entry, generation)
+            return entry
+        found, nodes = await self.worker.run(_stat_ahead, self.view, path, window)
+        entries = self._entries(nodes, parent)
+        self._cache.put_all(entries, generation)
+        if isinstance(found, DatasetNotFoundError):
+            raise found
+        if entries and entries[0].path == path:
+            ahead[parent] = min(window * 2, _AHEAD_MOST)  # it paid: read further next time
+            return entries[0]
+        entry = self._entry(found)
         self._cache.put(entry, generation)
         return entry
 
     async def listdir(self, path: str) -> list[Entry]:
-        generation = self._cache.generation
-        try:
-            nodes = await self.worker.run(self.view.listdir, path)
-        except DatasetNotFoundError:
-            if not self._is_made(path):
-                raise
-            nodes = []
-        entries = {node.name: self._entry(node) for node in nodes}
-        for entry in entries.values():
-            self._cache.put(entry, generation)
+        """The entries of directory ``path``, sorted by name.
+
+        The library's part is kept, with the view's revision and the registries' change
+        token it was listed at, and is listed again only when either moved: one thread
+        hop and a MAX() per repository instead of a listing query, so a new dataset still
+        shows the moment it is committed.  Drafts, directories made by mkdir and the
+        status file are added at every call.
+        """
+        entries = await self._committed_listing(path)
+        drafts = self.drafts.children(path) if self.drafts else []
+        made = self._made.get(path, ()) if self._made else ()
+        if not drafts and not made and path != STATUS:
+            return entries  # shared with the cache: callers never change a listing
+        by_name = {entry.name: entry for entry in entries}
         if path == STATUS:
-            entries["status"] = self._status_entry(await self.status())
-        for name in self._made.get(path, ()):
-            entries.setdefault(name, self._directory(posixpath.join(path, name)))
-        for draft in self.drafts.children(path):
-            entries[posixpath.basename(draft.path)] = self.draft_entry(draft)
-        return [entries[name] for name in sorted(entries)]
+            by_name["status"] = self._status_entry(await self.status())
+        for name in made:
+            by_name.setdefault(name, self._directory(posixpath.join(path, name)))
+        for draft in drafts:
+            by_name[posixpath.basename(draft.path)] = self.draft_entry(draft)
+        return [by_name[name] for name in sorted(by_name)]
+
+    async def _committed_listing(self, path: str) -> list[Entry]:
+        generation = self._cache.generation
+        known = self._listings.key(path)
+        while True:
+            try:
+                key, nodes = await self.worker.run(_list_if_changed, self.view, path, known)
+            except DatasetNotFoundError:
+                if not self._is_made(path):
+                    raise
+                return []
+            if nodes is not None:
+                entries = self._entries(nodes, path)
+                self._listings.put(path, key, entries)  # checked against the token at each use
+                break
+            kept = self._listings.get(path, key)
+            if kept is not None:
+                entries = kept
+                break
+            known = None  # evicted or replaced meanwhile (another task): list it after all
+        self._cache.put_all(entries, generation)
+        return entries
+
+    def absent(self, path: str) -> bool:
+        """After a failed lookup: may the kernel remember that nothing is at ``path``?
+
+        Only where nothing can appear but through this mount, which the kernel sees
+        itself: a union path that no dataset type's template can produce, as a file or
+        as a directory (``.git``, ``__pycache__``, ``.name.swp`` probes, a typo).  Such
+        paths are followed, and told to the kernel again (dropped) when a change lands
+        on them or below them, or when the policy changes (a new dataset type).
+        """
+        if not path or len(self._absent) >= ABSENT_LIMIT:
+            return False
+        if namespace(path) is not Namespace.UNION or self.drafts.get(path) is not None:
+            return False
+        self._check_revision()
+        view = self.view
+        try:
+            if view.parse(path) is not None or view.is_template_directory(path):
+                return False
+        except RuntimeError:  # the policy changed under us (another thread): just don't
+            return False
+        self._absent.add(path)
+        return True
+
+    def _check_revision(self) -> None:
+        """A new policy may put something anywhere: the kernel must forget every absence."""
+        if self._absent_revision != self.view.revision:
+            self._absent_revision = self.view.revision
+            self._forget_absent(list(self._absent))
+
+    def _forget_absent(self, paths: list[str]) -> None:
+        """Tell the kernel to forget what it knows of these paths and their ancestors."""
+        absent = self._absent
+        if not absent:
+            return
+        for path in paths:
+            while path:
+                if path in absent:
+                    absent.discard(path)
+                    self._notify(path)
+                path = path.rpartition("/")[0]
 
     async def status(self) -> bytes:
-        return await self.worker.run(self._status_bytes)
+        """The status file: made when read, again only after a change (COUNT(*) is slow)."""
+        known = self._status[0] if self._status is not None else None
+        key, data = await self.worker.run(self._status_if_changed, self.view, known)
+        if data is None:
+            assert self._status is not None
+            return self._status[1]
+        self._status = (key, data)
+        return data
+
+    def _status_if_changed(self, view: View, known: Hashable) -> tuple[Hashable, bytes | None]:
+        key = _listing_key(view)
+        return (key, None) if key == known else (key, self._status_bytes())
 
     async def open_dataset(self, path: str) -> tuple[int, Entry]:
         """An fd on the committed file at ``path`` and its entry."""
         for attempt in range(2):
             entry = await self.stat(path)
-            if entry.ref is None:
+            ref = entry.ref
+            if ref is None:
                 raise refusal(errno.EISDIR, f"/{path} is a directory")
             try:
-                fd = await self.worker.run(os.open, entry.ref.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = await self.worker.run(os.open, ref.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 if attempt:
                     raise
@@ -160,12 +318,28 @@ class Tree:
         return Entry(draft.path, False, draft.mode, draft.size, draft.mtime_ns, volatile=True)
 
     def _entry(self, node: Node) -> Entry:
-        ref = node.ref
-        if ref is None:
-            return self._directory(node.path)
-        writable = namespace(node.path) is Namespace.UNION and self._accepts(ref.dataset_type)
-        mode = 0o644 if writable else 0o444
-        return Entry(node.path, False, mode, ref.size, int(ref.committed * 1e9), ref)
+        return self._entries([node], node.path.rpartition("/")[0])[0]
+
+    def _entries(self, nodes: list[Node], directory: str) -> list[Entry]:
+        """Entries of ``nodes``, the children of ``directory`` (modes decided once a type)."""
+        # The root holds .repos, .versions and .butler: each child its own namespace.
+        area = None if directory == "" else namespace(directory)
+        accepts: dict[str, bool] = {}
+        entries = []
+        for node in nodes:
+            dataset_type = node.dataset_type
+            if dataset_type is None:
+                entries.append(self._directory(node.path))
+                continue
+            writable = accepts.get(dataset_type)
+            if writable is None:
+                node_area = area if area is not None else namespace(node.path)
+                writable = node_area is Namespace.UNION and self._accepts(dataset_type)
+                accepts[dataset_type] = writable
+            mode = 0o644 if writable else 0o444
+            mtime_ns = int(node.committed * 1e9)
+            entries.append(Entry(node.path, False, mode, node.size, mtime_ns, node))
+        return entries
 
     def _directory(self, path: str) -> Entry:
         writable = namespace(path) is Namespace.UNION and self.writable
@@ -327,6 +501,8 @@ class Tree:
     def _changed_here(self, path: str) -> None:
         self._cache.drop(path)
         self._notify(path)
+        self._check_revision()
+        self._forget_absent([path])
 
     async def statfs(self) -> os.statvfs_result:
         """The first output's filesystem (where writes go), else the first input's."""
@@ -418,6 +594,8 @@ class Tree:
             self._token, paths = await self.worker.run(self.view.changes_since, self._token)
         for path in paths:
             self._cache.drop(path)
+        self._check_revision()
+        self._forget_absent(paths)
         return paths
 
     async def reload(self) -> None:
@@ -427,5 +605,9 @@ class Tree:
             view = await self.worker.run(View, butler)
             old, self.butler, self.view = self.butler, butler, view
             self._cache.clear()
+            self._listings.clear()
+            self._status = None
+            self._forget_absent(list(self._absent))
+            self._absent_revision = view.revision
             self._token = await self.worker.run(view.token)
         await self.worker.run(old.close)

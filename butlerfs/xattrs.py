@@ -19,9 +19,9 @@ NAMES = tuple(
 )
 
 
-def is_ours(name: bytes) -> bool:
-    """Cheap test first: ``ls``/``cp`` ask for security.* and system.* on every file."""
-    return name.startswith(PREFIX) and name in NAMES
+#: For the one test every getxattr makes first: ``ls -l`` asks ``security.selinux`` and
+#: ``system.posix_acl_access`` of every file it lists (butlerfs.operations answers those).
+OURS = frozenset(NAMES)
 
 
 async def value(
