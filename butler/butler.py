@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import getpass
 import hashlib
 import json
@@ -304,24 +305,40 @@ class Butler:
         ]
 
     def remove(
-        self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
+        self,
+        datasetType: str,
+        dataId: Mapping[str, object] | None = None,
+        *,
+        outputs: Sequence[str] | None = None,
+        **keys: object,
     ) -> list[str]:
         """Hide a dataset's current version in every output holding it; labels of those.
 
         Older versions stay readable (``versions()``); an input's copy, if any, shows
-        again.  Inputs are never changed.
+        again.  Inputs are never changed.  ``outputs`` narrows the remove to the outputs
+        with those labels (the mount's ``.repos/<label>/`` removes), as in ``ingest``.
         """
         plain, _, _ = _split(dataId, keys)
         definition = self.resolver.definition(datasetType)
         coerced = coerce_data_id(plain, definition.keys)
+        members = self.resolver.outputs
+        if outputs is not None:
+            unknown = set(outputs) - {m.label for m in members}
+            if unknown:
+                raise UnknownLabelError(
+                    f"no output is labelled {sorted(unknown)}; outputs: "
+                    f"{[m.label for m in members]}"
+                )
+            members = [m for m in members if m.label in outputs]
         removed = [
             member.label
-            for member in self.resolver.outputs
+            for member in members
             if transaction.remove(member.repo, datasetType, coerced)
         ]
         if not removed:
+            where = "no output" if outputs is None else f"none of the outputs {sorted(outputs)}"
             raise DatasetNotFoundError(
-                f"no output holds {datasetType} {coerced}; inputs are never changed"
+                f"{where} holds {datasetType} {coerced}; inputs are never changed"
             )
         return removed
 
@@ -340,14 +357,11 @@ class Butler:
         return self.resolver.definition(name)
 
     def _provenance(self, caller: Mapping[str, object] | None) -> dict[str, object]:
-        try:
-            user = getpass.getuser()
-        except (KeyError, OSError):
-            user = str(os.getuid())
+        user, host = _who()
         return {
             "time": datetime.datetime.now(datetime.UTC).isoformat(),
             "user": user,
-            "host": socket.gethostname(),
+            "host": host,
             "software": software_version(),
             "inputs": [{"label": m.label, "path": str(m.repo.path)} for m in self.resolver.inputs],
             "outputs": [
@@ -357,6 +371,16 @@ class Butler:
             "policy": self.resolver.policy.digest(),
             "caller": json.loads(json.dumps(dict(caller or {}), default=_jsonable)),
         }
+
+
+@functools.cache
+def _who() -> tuple[str, str]:
+    """(user, host) of this process, for provenance: looked up once, not per put."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return user, socket.gethostname()
 
 
 def _split(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -47,6 +48,9 @@ class DataRepository:
         self._load_config(config_path)
         self._registry: Registry | None = None
         self.internal = self.path / INTERNAL
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         from butler.transaction import recover  # late: transaction imports this module
 
         recover(self)
@@ -116,20 +120,31 @@ class DataRepository:
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()
+        with self._thread_lock:
+            if self._lock_fd is not None and self._lock_pid == os.getpid():
+                os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __repr__(self) -> str:
         return f"DataRepository({str(self.path)!r}, label={self.label!r})"
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock between processes and threads (a fresh descriptor each time)."""
-        self.internal.mkdir(exist_ok=True)
-        fd = os.open(self.internal / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        """Exclusive between processes (flock) and between this process's threads.
+
+        The descriptor is kept open (reopened after a fork, whose child must not share
+        the parent's lock): a put takes this lock once per output.
+        """
+        with self._thread_lock:
+            if self._lock_fd is None or self._lock_pid != os.getpid():
+                self.internal.mkdir(exist_ok=True)
+                self._lock_fd = os.open(self.internal / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def file_of(self, row: Row) -> Path:
         """Where a version's file is: its template path while current, else versions/vN/."""
