@@ -1,7 +1,8 @@
 """The aggregator as paths: what the mount shows, answered by the resolver.
 
     ""                          the union view: every dataset at its view path
-    .repos/<label>/<path>       one repository alone, every file it holds
+    .repos/<label>/<path>       one repository alone, every file it holds (an output's
+                                takes writes, by its own templates, for it alone)
     .versions/<view path>/v<N><ext>   every version of a dataset, removed ones too
 
 A dataset's *view path* is its type's template in the effective policy (the
@@ -24,7 +25,9 @@ from butler.errors import (
     DatasetNotFoundError,
     InvalidDataIdError,
     NoOutputError,
+    ReadOnlyError,
 )
+from butler.policy import DatasetTypeDef
 from butler.registry import Row
 from butler.resolver import DatasetRef, Member, Resolver
 from butler.template import DataId, Template
@@ -111,6 +114,9 @@ class WriteTarget:
     dataset_type: str
     data_id: DataId
     define_genre: str | None  # set when the path names a dataset type to define first
+    #: The outputs to put to (``Butler.ingest(outputs=...)``): the one a ``.repos/<label>/``
+    #: path names; None for a union path (every accepting output).
+    outputs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -239,9 +245,15 @@ class View:
     def classify_write(self, path: str) -> WriteTarget:
         """What a new file at ``path`` would be; raises with the reason if it cannot be one.
 
-        NoOutputError (EROFS): only inputs could hold it.  InvalidDataIdError (EACCES):
-        the path matches no template, or fails the round-trip rule.
+        A union path is put to every accepting output; a ``.repos/<label>/<path>`` one
+        to that output alone (see :meth:`classify_repo_write`).  NoOutputError (EROFS):
+        only inputs could hold it.  InvalidDataIdError (EACCES): the path matches no
+        template, or fails the round-trip rule.
         """
+        head, _, rest = path.partition("/")
+        if head == REPOS:
+            label, _, relative = rest.partition("/")
+            return self.classify_repo_write(label, relative)
         parsed = self.parse(path)
         if parsed is not None:
             dataset_type, data_id = parsed
@@ -251,20 +263,63 @@ class View:
                     "add an output for it to the aggregator"
                 )
             return WriteTarget(dataset_type, data_id, None)
+        name, dataset_type, data_id = self._new_type(path, path)
+        if not any(m.accepts(dataset_type) for m in self.resolver.outputs):
+            raise NoOutputError(
+                f"{path}: would define dataset type {dataset_type}, but no output accepts "
+                "it; add an output for it to the aggregator"
+            )
+        return WriteTarget(dataset_type, data_id, name)
+
+    def classify_repo_write(self, label: str, relative: str) -> WriteTarget:
+        """What a new file at ``.repos/<label>/<relative>`` would be: a put to that output.
+
+        The path is read by the output's own templates (the locations it stores each type
+        at, under its ``storage:`` routing: where the put will write it), or names a new
+        dataset type by a genre's template.  ReadOnlyError (EROFS): ``label`` is an input.
+        NoOutputError (EROFS): the output does not accept the dataset type.
+        InvalidDataIdError (EACCES): no template of it matches.
+        """
+        path = posixpath.join(REPOS, label, relative)
+        member = self._output(label, path)
+        if not relative:
+            raise InvalidDataIdError(f"{path}: a dataset goes below .repos/{label}/")
+        parsed = self._repo_parse(member, relative)
+        if parsed is not None:
+            dataset_type, data_id = parsed
+            if not member.accepts(dataset_type):
+                raise NoOutputError(
+                    f"{path}: output {label} does not accept {dataset_type} (its datasetTypes: "
+                    f"{sorted(member.dataset_types or ())}); write it under another output's "
+                    ".repos/ directory"
+                )
+            return WriteTarget(dataset_type, data_id, None, (label,))
+        name, dataset_type, data_id = self._new_type(relative, path)
+        if not member.accepts(dataset_type):
+            raise NoOutputError(
+                f"{path}: would define dataset type {dataset_type}, but output {label} does "
+                "not accept it"
+            )
+        return WriteTarget(dataset_type, data_id, name, (label,))
+
+    def _new_type(self, relative: str, path: str) -> tuple[str, str, DataId]:
+        """(genre, dataset type, data ID) of a new dataset type named by ``relative``."""
         genres = []
         for name, genre in self.resolver.policy.genres.items():
             template = Template(genre.template, genre.keys)
-            parsed_genre = template.parse(path) if template.uses_dataset_type else None
+            parsed_genre = template.parse(relative) if template.uses_dataset_type else None
             if parsed_genre is not None and parsed_genre[0] is not None:
                 genres.append((name, parsed_genre[0], parsed_genre[1]))
         if len(genres) == 1:
-            name, dataset_type, data_id = genres[0]
-            if not any(m.accepts(dataset_type) for m in self.resolver.outputs):
-                raise NoOutputError(
-                    f"{path}: would define dataset type {dataset_type}, but no output accepts "
-                    "it; add an output for it to the aggregator"
+            dataset_type = genres[0][1]
+            if dataset_type in self.resolver.policy.dataset_types:
+                # Not a new type: the path is not where this view (or repository) keeps it.
+                raise InvalidDataIdError(
+                    f"{path}: {dataset_type} is a defined dataset type, and this is not its "
+                    "path here; see its template in .butler/status (under .repos/<label>/, "
+                    "that repository's own butler.yaml)"
                 )
-            return WriteTarget(dataset_type, data_id, name)
+            return genres[0]
         if len(genres) > 1:
             raise InvalidDataIdError(
                 f"{path}: the new dataset type matches the templates of genres "
@@ -276,13 +331,73 @@ class View:
             ".butler/status"
         )
 
+    def _output(self, label: str, path: str) -> Member:
+        """The output labelled ``label``; ReadOnlyError if it is an input."""
+        member = self._member(label, path)
+        if not member.is_output:
+            outputs = [m.label for m in self.resolver.outputs]
+            raise ReadOnlyError(
+                f"{path}: {label} is an input, and inputs are never changed; write under "
+                f"the .repos/ directory of an output ({', '.join(outputs) or 'none'}) or at "
+                "the dataset's path in the top-level view"
+            )
+        return member
+
+    def _repo_definitions(self, member: Member) -> list[DatasetTypeDef]:
+        """How ``member`` stores each dataset type (as ``Resolver.output_definition``,
+        without recording anything): its own definition, else the effective one, under
+        its ``storage:`` routing.  Its own first."""
+        own = member.repo.policy.dataset_types
+        effective = self.resolver.policy.dataset_types
+        definitions = []
+        for name in dict.fromkeys([*own, *effective]):
+            definition = own.get(name) or effective[name]
+            storage = member.storage.get(name)
+            if storage is not None and any(loc.storage != storage for loc in definition.locations):
+                definition = definition.with_storage(storage)
+            definitions.append(definition)
+        return definitions
+
+    def _repo_parse(self, member: Member, relative: str) -> tuple[str, DataId] | None:
+        """(dataset type, data ID) of a path in ``member`` by the locations a put writes;
+        a type the member accepts wins over one it does not."""
+        refused = None
+        for definition in self._repo_definitions(member):
+            for location in definition.locations:
+                if not location.writable:
+                    continue
+                parsed = location.template.parse(relative)
+                if parsed is None or parsed[0] not in (None, definition.name):
+                    continue
+                if member.accepts(definition.name):
+                    return definition.name, parsed[1]
+                refused = refused or (definition.name, parsed[1])
+        return refused
+
     def is_template_directory(self, path: str) -> bool:
-        """True if ``path`` could be a directory of some template (``mkdir -p``)."""
-        depth = path.count("/") + 1
-        templates = [d.primary.template for d in self.resolver.policy.dataset_types.values()]
+        """True if ``path`` could be a directory of some template (``mkdir -p``).
+
+        Under ``.repos/<label>/``, of that repository's own templates (or a genre's).
+        """
+        head, _, rest = path.partition("/")
+        if head == REPOS:
+            label, _, directory = rest.partition("/")
+            member = next((m for m in self._members if m.label == label), None)
+            if member is None or not directory:
+                return False
+            templates = [
+                location.template
+                for definition in self._repo_definitions(member)
+                for location in definition.locations
+                if location.writable
+            ]
+        else:
+            directory = path
+            templates = [d.primary.template for d in self.resolver.policy.dataset_types.values()]
+        depth = directory.count("/") + 1
         templates += [Template(g.template, g.keys) for g in self.resolver.policy.genres.values()]
         for template in templates:
-            if depth < template.depth and template.parse_directory(path) is not None:
+            if depth < template.depth and template.parse_directory(directory) is not None:
                 return True
         return False
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import trio
 
+from butler.view import REPOS
 from butlerfs.worker import Worker
 
 #: Under an output's internal directory, which the library never lists or serves.
@@ -44,8 +45,14 @@ _COPY_CHUNK = 1 << 20
 
 
 def is_scratch_path(path: str) -> bool:
-    """A component begins with "." (``.name.XXXXXX``, ``.tmp/x``): never a template path."""
-    return any(part.startswith(".") for part in path.split("/"))
+    """A component begins with "." (``.name.XXXXXX``, ``.tmp/x``): never a template path.
+
+    Below ``.repos/<label>/``, the components of the path inside that repository.
+    """
+    parts = path.split("/")
+    if parts[0] == REPOS:
+        del parts[:2]
+    return any(part.startswith(".") for part in parts)
 
 
 @dataclass(eq=False)

@@ -10,7 +10,9 @@ and caches are shared by all of them.
 
     namespace   path                         writable?
     union       <template paths>             yes, if an output accepts the type
-    repos       .repos/<label>/...           no (EROFS)
+    repos       .repos/<label>/...           if <label> is an output: new files by its own
+                                             templates, put to it alone; rm removes from it
+                                             alone; no overwrite in place.  Else EROFS
     versions    .versions/<path>/v<N><ext>   no (EROFS)
     internal    .butler/status               no (EROFS)
 """
@@ -99,8 +101,16 @@ def namespace(path: str) -> Namespace:
 
 
 def is_scratch_path(path: str) -> bool:
-    """A union path with a component beginning with "." (``.name.XXXXXX``, ``.tmp/x``)."""
-    return namespace(path) is Namespace.UNION and scratch.is_scratch_path(path)
+    """A union path, or one below ``.repos/<label>/``, with a component beginning with "."
+    (``.name.XXXXXX``, ``.tmp/x``)."""
+    area = namespace(path)
+    return area in (Namespace.UNION, Namespace.REPOS) and scratch.is_scratch_path(path)
+
+
+def _dataset_paths(label: str, relative: str) -> list[str]:
+    """Where a change to the file ``relative`` of repository ``label`` shows (as
+    ``View.changes_since`` lists them): under .repos/, the union view and .versions/."""
+    return [posixpath.join(REPOS, label, relative), relative, posixpath.join(VERSIONS, relative)]
 
 
 @dataclass(frozen=True)
@@ -342,7 +352,11 @@ class Tree:
         return entries
 
     def _directory(self, path: str) -> Entry:
-        writable = namespace(path) is Namespace.UNION and self.writable
+        area = namespace(path)
+        if area is Namespace.UNION:
+            writable = self.writable
+        else:
+            writable = area is Namespace.REPOS and self._repo_output(path) is not None
         mode = 0o755 if writable else 0o555
         if path == "" and self.settings.private_root:
             mode &= 0o700
@@ -369,6 +383,14 @@ class Tree:
     def _accepts(self, dataset_type: str) -> bool:
         return self.writable and any(m.accepts(dataset_type) for m in self.butler.resolver.outputs)
 
+    def _repo_output(self, path: str) -> str | None:
+        """The label of the output ``path`` is in or below (``.repos/<label>[/...]``), if
+        it is writable; else None (an input's, ``.repos`` itself, a read-only mount)."""
+        if self.settings.read_only or not path.startswith(REPOS + "/"):
+            return None
+        label = path.split("/", 2)[1]
+        return label if any(m.label == label for m in self.butler.resolver.outputs) else None
+
     def _is_made(self, path: str) -> bool:
         parent, name = posixpath.split(path)
         return name in self._made.get(parent, ())
@@ -376,10 +398,22 @@ class Tree:
     # -- writing -------------------------------------------------------------
 
     def check_writable(self, path: str) -> None:
-        """EROFS, with the reason, unless ``path`` is in the writable union view."""
+        """EROFS, with the reason, unless ``path`` is in the writable union view or below
+        an output's ``.repos/<label>/``."""
         if self.settings.read_only:
             raise refusal(errno.EROFS, f"/{path}: the mount is read-only (mounted with -o ro)")
         area = namespace(path)
+        if area is Namespace.REPOS:
+            label, _, relative = path.partition("/")[2].partition("/")
+            if relative and self._repo_output(path) is not None:
+                return
+            outputs = ", ".join(m.label for m in self.butler.resolver.outputs) or "none"
+            if not relative:
+                reason = f"{REPOS}/ lists the repositories; write inside an output's directory"
+            else:
+                reason = f"{label} is not an output, and inputs are never changed; write"
+                reason += " at the dataset's path in the top-level view, or under an output's"
+            raise refusal(errno.EROFS, f"/{path}: {reason} (outputs: {outputs})")
         if area is not Namespace.UNION:
             raise refusal(
                 errno.EROFS,
@@ -405,6 +439,13 @@ class Tree:
         entry = await self.stat(path)
         if entry.ref is None:
             raise refusal(errno.EISDIR, f"/{path} is a directory")
+        if namespace(path) is Namespace.REPOS:
+            raise refusal(
+                errno.EROFS,
+                f"/{path}: a dataset under {REPOS}/ is not overwritten in place; write a "
+                "'.' name beside it and rename it over (a new version in this output only), "
+                "or overwrite it in the top-level view (every output)",
+            )
         await self.worker.run(self.view.classify_write, path)
         return await self._new_draft(path, entry.ref.path, entry.size, 0o644)
 
@@ -453,6 +494,10 @@ class Tree:
                 reason = str(exc).replace(str(draft.file), f"the bytes written to /{target}")
                 raise refusal(exc.errno, f"/{target}: nothing was put: {reason}") from exc
         self._changed_here(target)
+        for ref in refs:  # the same dataset in the other namespaces, before the poll sees it
+            for each in _dataset_paths(ref.repository, ref.relative_path):
+                if each != target:
+                    self._changed_here(each)
         labels = ", ".join(ref.repository for ref in refs)
         log.info("put /%s: %s v%d to %s", target, refs[0].dataset_type, refs[0].version, labels)
         return refs
@@ -465,7 +510,11 @@ class Tree:
         self.scratch.with_suffix(draft, posixpath.splitext(path)[1])
         provenance = {"butlerfs": {"mountpoint": self.settings.mountpoint, "path": path}}
         return self.butler.ingest(
-            draft.file, target.dataset_type, dict(target.data_id), provenance=provenance
+            draft.file,
+            target.dataset_type,
+            dict(target.data_id),
+            provenance=provenance,
+            outputs=target.outputs,  # a .repos/<label>/ path: that output alone
         )
 
     async def discard(self, draft: Draft) -> None:
@@ -543,19 +592,30 @@ class Tree:
         entry = await self.stat(path)
         if entry.ref is None:
             raise refusal(errno.EISDIR, f"/{path} is a directory")
+        ref = entry.ref
         async with self._write_lock:
-            await self.worker.run(self._remove, entry.ref, path)
+            labels = await self.worker.run(self._remove, ref, path)
         self._changed_here(path)
+        for label in labels:  # the same dataset in the other namespaces
+            for each in _dataset_paths(label, ref.relative_path):
+                if each != path:
+                    self._changed_here(each)
 
-    def _remove(self, ref: DatasetRef, path: str) -> None:
-        try:
-            labels = self.butler.remove(ref.dataset_type, ref.data_id)
-        except DatasetNotFoundError:
-            raise refusal(
-                errno.EROFS,
-                f"/{path}: only input {ref.repository} holds it, and inputs are never changed",
-            ) from None
+    def _remove(self, ref: DatasetRef, path: str) -> list[str]:
+        """Remove from every output holding it, or (``.repos/<label>/``) from that one."""
+        label = self._repo_output(path)
+        if label is not None:
+            labels = self.butler.remove(ref.dataset_type, ref.data_id, outputs=[label])
+        else:
+            try:
+                labels = self.butler.remove(ref.dataset_type, ref.data_id)
+            except DatasetNotFoundError:
+                raise refusal(
+                    errno.EROFS,
+                    f"/{path}: only input {ref.repository} holds it, and inputs are never changed",
+                ) from None
         log.info("removed /%s from %s", path, ", ".join(labels))
+        return labels
 
     async def rename(self, old: str, new: str, *, replace: bool = True) -> None:
         """Only a scratch file moves: within scratch, or onto a template path (a put)."""
