@@ -267,7 +267,11 @@ class Registry:
         if dataset_types is not None:
             if not dataset_types:
                 return []
-            where.append(f"d.dataset_type IN ({','.join('?' * len(dataset_types))})")
+            # With keys, the "+" keeps SQLite off the dataset-type index: without
+            # statistics it would walk every dataset of the type instead of starting
+            # from the few rows the keys index selects (120 ms against 0.2 ms at 10^6).
+            column = "+d.dataset_type" if keys else "d.dataset_type"
+            where.append(f"{column} IN ({','.join('?' * len(dataset_types))})")
             params.extend(dataset_types)
         if keys:
             selects = " INTERSECT ".join(
