@@ -166,7 +166,13 @@ def put(
         ]
         for repo, plan in applied:
             _note_unsettled(repo, txid, _journal_dirs(repo, plan))
-        _each(_settle_if_due, [repo for repo, _ in applied])
+        for repo, result in zip(
+            [repo for repo, _ in applied],
+            _each(_settle_if_due, [repo for repo, _ in applied]),
+            strict=True,
+        ):
+            if isinstance(result, BaseException):  # not fatal: the journals stay, settled later
+                log.warning("%s: could not settle puts now: %s", repo.label, result)
         if failures:
             raise TransactionError(
                 f"put of {what} is committed but not yet applied in {'; '.join(failures)}; "
