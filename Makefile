@@ -33,7 +33,7 @@ $(VENV)/.installed: pyproject.toml
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	bash -n mount/install.sh mount/uninstall.sh
+	bash -n mount/install.sh mount/uninstall.sh mount/layout.sh
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -28,7 +28,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -607,10 +606,6 @@ def _locked(repos: Sequence[tuple[Path, DataRepository]]) -> Iterator[None]:
         for _, repo in repos:
             stack.enter_context(repo.lock())
         yield
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def remove(repo: DataRepository, dataset_type: str, data_id: Mapping[str, int | str]) -> bool:

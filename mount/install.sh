@@ -39,20 +39,12 @@ while (($#)); do
     esac
 done
 
-# The system locations are fixed: mount(8) looks for helpers in /sbin only, and
-# the unit runs /usr/local/bin/butlerfs whatever the prefix.
-BIN_DIR=/usr/local/bin
-HELPER_DIR=/sbin
-UNIT_DIR=/etc/systemd/system
-CONFIG_DIR=/etc/butlerfs
-# The unit's Documentation= points here.
-DOC_DIR=/usr/local/share/doc/butlerfs
+# shellcheck source=mount/layout.sh
+source "$here/layout.sh"
 # Debian's interpreter, not a pyenv or conda build that may sit under a home
 # directory other users cannot enter.
 PYTHON_BASE=/usr/bin/python3
 SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
-# uninstall.sh removes PREFIX only when this file says an install made it.
-MARKER=.butlerfs-install
 
 say() { printf 'butlerfs install: %s\n' "$*"; }
 die() { printf 'butlerfs install: error: %s\n' "$*" >&2; exit 1; }

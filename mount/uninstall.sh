@@ -27,12 +27,9 @@ while (($#)); do
     esac
 done
 
-BIN_DIR=/usr/local/bin
-HELPER_DIR=/sbin
-UNIT_DIR=/etc/systemd/system
-CONFIG_DIR=/etc/butlerfs
-DOC_DIR=/usr/local/share/doc/butlerfs
-MARKER=.butlerfs-install
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=mount/layout.sh
+source "$here/layout.sh"
 
 say() { printf 'butlerfs uninstall: %s\n' "$*"; }
 die() { printf 'butlerfs uninstall: error: %s\n' "$*" >&2; exit 1; }
