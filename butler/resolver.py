@@ -305,21 +305,24 @@ class Resolver:
         cached = self._output_types.get(cache_key)
         if cached is not None:
             return cached
-        repo = member.repo
-        repo.reload_config_if_changed()
-        definition = repo.policy.dataset_types.get(dataset_type)
-        unrecorded = definition is None
-        if definition is None:
-            definition = self.definition(dataset_type)
-        storage = member.storage.get(dataset_type)
-        if storage is not None and any(loc.storage != storage for loc in definition.locations):
-            # Recorded too: opened alone, the output goes on storing this type as routed.
-            definition = definition.with_storage(storage)
-            unrecorded = True
+        member.repo.reload_config_if_changed()
+        definition, unrecorded = self.stored_definition(member, dataset_type)
         if unrecorded:
             self._pending_records[cache_key] = (member, definition)
         self._output_types[cache_key] = definition
         return definition
+
+    def stored_definition(self, member: Member, dataset_type: str) -> tuple[DatasetTypeDef, bool]:
+        """How ``member`` stores ``dataset_type``, recording nothing: its own definition,
+        else the effective one, under its ``storage:`` routing.  The flag says whether
+        that differs from what its butler.yaml holds (a put records it; opened alone, the
+        output then goes on storing the type as routed)."""
+        own = member.repo.policy.dataset_types.get(dataset_type)
+        definition = own if own is not None else self.definition(dataset_type)
+        storage = member.storage.get(dataset_type)
+        if storage is not None and any(loc.storage != storage for loc in definition.locations):
+            return definition.with_storage(storage), True
+        return definition, own is None
 
     def record_pending(self, dataset_type: str) -> None:
         """Record, in each output, the definition a successful put of this type used."""

@@ -344,19 +344,12 @@ class View:
         return member
 
     def _repo_definitions(self, member: Member) -> list[DatasetTypeDef]:
-        """How ``member`` stores each dataset type (as ``Resolver.output_definition``,
-        without recording anything): its own definition, else the effective one, under
-        its ``storage:`` routing.  Its own first."""
-        own = member.repo.policy.dataset_types
-        effective = self.resolver.policy.dataset_types
-        definitions = []
-        for name in dict.fromkeys([*own, *effective]):
-            definition = own.get(name) or effective[name]
-            storage = member.storage.get(name)
-            if storage is not None and any(loc.storage != storage for loc in definition.locations):
-                definition = definition.with_storage(storage)
-            definitions.append(definition)
-        return definitions
+        """How ``member`` stores each dataset type (``Resolver.stored_definition``), its
+        own first."""
+        names = dict.fromkeys(
+            [*member.repo.policy.dataset_types, *self.resolver.policy.dataset_types]
+        )
+        return [self.resolver.stored_definition(member, name)[0] for name in names]
 
     def _repo_parse(self, member: Member, relative: str) -> tuple[str, DataId] | None:
         """(dataset type, data ID) of a path in ``member`` by the locations a put writes;
@@ -494,13 +487,15 @@ class View:
     def _stored_template(self, member: Member, row: Row) -> str | None:
         key = (member.label, row.dataset_type, row.location)
         if key not in self._stored:
-            definition = member.repo.policy.dataset_types.get(row.dataset_type)
-            if definition is not None and row.dataset_type in member.storage:
-                definition = definition.with_storage(member.storage[row.dataset_type])
-            if definition is None or row.location >= len(definition.locations):
+            try:
+                definition = self.resolver.stored_definition(member, row.dataset_type)[0]
+            except LookupError:  # a type defined nowhere in this view
                 self._stored[key] = None
             else:
-                self._stored[key] = definition.locations[row.location].template.text
+                locations = definition.locations
+                self._stored[key] = (
+                    locations[row.location].template.text if row.location < len(locations) else None
+                )
         return self._stored[key]
 
     def _member(self, label: str, path: str) -> Member:
