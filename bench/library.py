@@ -47,7 +47,8 @@ from common import (
 
 from butler import Butler, DataRepository
 from butler.formats import get_format
-from butler.registry import Commit, FileEntry, Registry
+from butler.journal import FileRecord, PutEntry
+from butler.registry import SQLiteRegistry as Registry
 
 PROJECT = Path(__file__).resolve().parents[1]
 META_TEMPLATE = "{datasetType}/v{visit:07d}/{datasetType}-v{visit:07d}-c{ccd:03d}.yaml"
@@ -361,10 +362,16 @@ def fill(registry: Registry, start: int, stop: int) -> None:
         for n in range(first, min(first + CHUNK, stop)):
             visit, ccd = divmod(n, 100)
             path = f"meta/v{visit:07d}/meta-v{visit:07d}-c{ccd:03d}.yaml"
-            entry = FileEntry(0, True, path, "yaml", 1024, "0" * 64)
+            entry = FileRecord(0, True, path, "yaml", 1024, "0" * 64)
             commits.append(
-                Commit(
-                    f"{n:016x}-bench", "meta", {"visit": visit, "ccd": ccd}, 1, committed, (entry,)
+                PutEntry(
+                    f"{n:016x}-bench",
+                    "meta",
+                    {"visit": visit, "ccd": ccd},
+                    1,
+                    committed,
+                    (entry,),
+                    (),
                 )
             )
         registry.insert_many(commits)

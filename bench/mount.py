@@ -86,7 +86,8 @@ from common import (
 from numpy.lib import format as npy_format
 
 from butler import Butler, DataRepository
-from butler.registry import Commit, FileEntry, Registry
+from butler.journal import FileRecord, PutEntry
+from butler.registry import SQLiteRegistry as Registry
 
 PROJECT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -587,8 +588,9 @@ def register(
     size = len(payload) if payload is not None else 256
     digest = hashlib.sha256(payload or b"").hexdigest()
     made_dirs: set[str] = set()
+    made_versions: set[str] = set()
     count = 0
-    commits: list[Commit] = []
+    commits: list[PutEntry] = []
 
     def flush() -> None:
         registry.insert_many(commits)
@@ -605,10 +607,16 @@ def register(
                 fd = os.open(repo / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 os.write(fd, payload)
                 os.close(fd)
-            entry = FileEntry(0, True, relative, "yaml", size, digest)
+                # Every version has its own name too (what get and the mount open).
+                kept = repo / ".butler" / "versions" / "v1" / relative
+                if directory not in made_versions:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    made_versions.add(directory)
+                os.link(repo / relative, kept)
+            entry = FileRecord(0, True, relative, "yaml", size, digest)
             txid = f"{dataset_type}-{visit:07d}-{ccd:05d}-bench"
             data_id: dict[str, int | str] = {"visit": visit, "ccd": ccd}
-            commits.append(Commit(txid, dataset_type, data_id, 1, committed, (entry,)))
+            commits.append(PutEntry(txid, dataset_type, data_id, 1, committed, (entry,), ()))
             count += 1
             if len(commits) >= CHUNK:
                 flush()

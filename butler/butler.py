@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import errno
 import functools
 import getpass
 import hashlib
@@ -19,8 +20,10 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from butler import formats, transaction
+from butler import formats, layout, transaction
 from butler.aggregator import MemberItem, build_spec, is_aggregator_file, load_aggregator
+from butler.confine import fd_path
+from butler.durable import hash_fd
 from butler.errors import (
     ButlerError,
     ConfigError,
@@ -31,13 +34,13 @@ from butler.errors import (
     RepositoryError,
     UnknownLabelError,
 )
+from butler.journal import Entry, PutEntry, decode
 from butler.policy import DatasetTypeDef, merge
-from butler.registry import Commit, Row
-from butler.repository import is_repository
+from butler.registry import Row
+from butler.repository import DataRepository, is_repository
 from butler.resolver import DatasetRef, Member, Resolver
 from butler.template import DataId, coerce_data_id, validate_dataset_type_name
 from butler.transaction import Payload, PlannedFile, Target
-from butler.transaction import put as transactional_put
 
 RESERVED_KEYS = ("repositoryLabel", "version")
 
@@ -89,14 +92,17 @@ class Butler:
     @property
     def repositories(self) -> list[tuple[str, str, str]]:
         """(label, path, mode) of every repository: search order, then write-only outputs."""
-        members = self.resolver.search + [m for m in self.resolver.outputs if m.mode == "w"]
-        return [(m.label, str(m.repo.path), m.mode) for m in members]
+        resolver = self.resolver
+        readable = [m for m in resolver.outputs if "r" in m.mode]
+        members = readable + [m for m in resolver.search if m not in readable]
+        members += [m for m in resolver.outputs if m not in members]
+        return [(m.label, str(m.path), m.mode) for m in members]
 
     def close(self) -> None:
-        """Settle this process's applied puts and close the registries."""
-        transaction.settle_all()
+        """Settle what this Butler applied and close the registries."""
         for member in self.resolver.search + self.resolver.outputs:
-            member.repo.close()
+            if member.exists:
+                member.repo.close()
 
     def __enter__(self) -> Butler:
         return self
@@ -110,16 +116,15 @@ class Butler:
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
     ) -> object:
         member, row = self._find(datasetType, dataId, keys)
+        fd = open_version(member, row)
         try:
+            # Read through the open descriptor: exactly this version, whatever is put
+            # meanwhile, and no path lookup a planted link could redirect.
             return formats.get_format(row.storage).read(
-                str(member.repo.file_of(row)), self.resolver.python_type(member, row)
+                fd_path(fd), self.resolver.python_type(member, row)
             )
-        except FileNotFoundError:
-            raise DatasetNotFoundError(
-                f"{datasetType} is recorded in {member.label} but its file "
-                f"{member.repo.file_of(row)} is missing; run 'butler verify' and "
-                "'butler repair' on the repository"
-            ) from None
+        finally:
+            os.close(fd)
 
     def exists(
         self, datasetType: str, dataId: Mapping[str, object] | None = None, **keys: object
@@ -194,21 +199,21 @@ class Butler:
         return self.resolver.versions(datasetType, coerced, label)
 
     def provenance(self, ref: DatasetRef) -> dict[str, object]:
-        internal = Path(ref.repository_path) / ".butler"
-        record_path = internal / "records" / f"{ref.txid}.json"
-        try:
-            try:
-                record = json.loads(record_path.read_text(encoding="utf-8"))
-            except FileNotFoundError:  # applied, its journal not yet settled into a record
-                record = json.loads((internal / "journal" / f"{ref.txid}.json").read_text())
-        except FileNotFoundError:
+        repo = self._repository_of(ref)
+        entry = read_record(repo, ref.txid)
+        if not isinstance(entry, PutEntry):
             raise RepositoryError(
-                f"no provenance record {record_path} for {ref.dataset_type} {ref.data_id}; "
-                "run 'butler verify' on the repository"
-            ) from None
-        provenance = dict(record["provenance"])
-        provenance.update(version=record["version"], committed=record["committed"])
+                f"record {ref.txid} in {repo.path} is not a put; run 'butler verify' on it"
+            )
+        provenance = dict(entry.provenance)
+        provenance.update(version=entry.version, committed=entry.committed)
         return provenance
+
+    def _repository_of(self, ref: DatasetRef) -> DataRepository:
+        for member in self.resolver.search + self.resolver.outputs:
+            if member.exists and str(member.repo.path) == ref.repository_path:
+                return member.repo
+        return DataRepository(ref.repository_path)
 
     def _find(
         self, dataset_type: str, data_id: Mapping[str, object] | None, keys: Mapping[str, object]
@@ -276,32 +281,38 @@ class Butler:
         plans = []
         for member, stored in self.resolver.writers(dataset_type):
             if only is None or member.label in only:
-                plans.append((member, _planned_files(stored, dataset_type, coerced)))
-        if not any(files for _, files in plans):
+                files = _planned_files(stored, dataset_type, coerced)
+                if files:
+                    plans.append((member, stored, files))
+        if not plans:
             raise NoOutputError(
                 f"no output accepts {dataset_type}: outputs are "
                 f"{[m.label for m in self.resolver.outputs] or 'none'}; add an output whose "
                 "datasetTypes includes it"
             )
-        storages = {planned.storage for _, files in plans for planned in files}
+        storages = {planned.storage for _, _, files in plans for planned in files}
         payloads = (
             _payloads_from_object(obj, storages)
             if file is None
             else _payloads_from_file(file, storages)
         )
         targets = [
-            Target(member.repo, files, self.resolver.on_exists(member))
-            for member, files in plans
-            if files
+            Target(
+                self.resolver.ensure_output(member),
+                files,
+                self.resolver.on_exists(member),
+                self.resolver.to_record(member, stored),
+            )
+            for member, stored, files in plans
         ]
-        commits = transactional_put(
+        entries = transaction.put(
             targets, dataset_type, coerced, payloads, self._provenance(provenance)
         )
-        self.resolver.record_pending(dataset_type)
-        members = [member for member, files in plans if files]
+        for target in targets:
+            if target.definitions:
+                self.resolver.forget_definitions(dataset_type)
         return [
-            _ref_of(self.resolver, member, commit)
-            for member, commit in zip(members, commits, strict=True)
+            _ref_of(member, entry) for (member, _, _), entry in zip(plans, entries, strict=True)
         ]
 
     def remove(
@@ -330,11 +341,9 @@ class Butler:
                     f"{[m.label for m in members]}"
                 )
             members = [m for m in members if m.label in outputs]
-        removed = [
-            member.label
-            for member in members
-            if transaction.remove(member.repo, datasetType, coerced)
-        ]
+        repos = [member.repo for member in members if member.exists]
+        done = {repo.path for repo in transaction.remove(repos, datasetType, coerced)}
+        removed = [member.label for member in members if member.exists and member.path in done]
         if not removed:
             where = "no output" if outputs is None else f"none of the outputs {sorted(outputs)}"
             raise DatasetNotFoundError(
@@ -348,12 +357,9 @@ class Butler:
         definition = self.resolver.policy.define(name, genre, overrides)
         for member in self.resolver.outputs:
             self.resolver.record_definition(member, definition)
-        self.resolver.overrides.setdefault("datasetTypes", {})
-        types = self.resolver.overrides["datasetTypes"]
-        assert isinstance(types, dict)
-        if not self.resolver.outputs or name not in self.resolver.policy.dataset_types:
-            types[name] = definition.raw
         self.resolver.refresh_policy()
+        if name not in self.resolver.policy.dataset_types:  # no output: this Butler only
+            self.resolver.add_definition(name, definition.raw)
         return self.resolver.definition(name)
 
     def _provenance(self, caller: Mapping[str, object] | None) -> dict[str, object]:
@@ -363,9 +369,9 @@ class Butler:
             "user": user,
             "host": host,
             "software": software_version(),
-            "inputs": [{"label": m.label, "path": str(m.repo.path)} for m in self.resolver.inputs],
+            "inputs": [{"label": m.label, "path": str(m.path)} for m in self.resolver.inputs],
             "outputs": [
-                {"label": m.label, "path": str(m.repo.path), "mode": m.mode}
+                {"label": m.label, "path": str(m.path), "mode": m.mode}
                 for m in self.resolver.outputs
             ],
             "policy": self.resolver.policy.digest(),
@@ -427,23 +433,26 @@ def _payloads_from_object(obj: object, storages: set[str]) -> dict[str, Payload]
                 f"the {storage!r} format could not write {type(obj).__name__}: {exc}; "
                 "nothing was written; fix the object or the format, then retry"
             ) from exc
-        payloads[storage] = Payload(data, hashlib.sha256(data).hexdigest())
+        payloads[storage] = Payload(len(data), hashlib.sha256(data).hexdigest(), data=data)
     return payloads
 
 
 def _payloads_from_file(file: Path, storages: set[str]) -> dict[str, Payload]:
+    """The file itself for its own format (streamed into each output, never held in
+    memory), converted through its Python object for any other."""
     native = formats.format_for_extension(file.suffix)
-    try:
-        data = file.read_bytes()
-    except OSError as exc:
-        raise FormatError(f"cannot read {file}: {exc.strerror}") from None
     payloads = {}
     obj: object = None
     for storage in sorted(storages):
         format_ = formats.get_format(storage)
         if storage == native or (native is None and len(storages) == 1):
             format_.check(os.fspath(file))
-            payloads[storage] = Payload(data, hashlib.sha256(data).hexdigest())
+            digest, size = _hash_file(file)
+            small = size <= transaction.INLINE_LIMIT
+            data = file.read_bytes() if small else None
+            if data is not None and len(data) != size:
+                raise FormatError(f"{file} changed while it was being put; retry")
+            payloads[storage] = Payload(size, digest, data=data, source=None if small else file)
             continue
         if obj is None:
             if native is None:
@@ -453,25 +462,73 @@ def _payloads_from_file(file: Path, storages: set[str]) -> dict[str, Payload]:
                 )
             obj = formats.get_format(native).read(os.fspath(file), None)
         converted = format_.serialize(obj)
-        payloads[storage] = Payload(converted, hashlib.sha256(converted).hexdigest())
+        payloads[storage] = Payload(
+            len(converted), hashlib.sha256(converted).hexdigest(), data=converted
+        )
     return payloads
 
 
-def _ref_of(resolver: Resolver, member: Member, commit: Commit) -> DatasetRef:
-    primary = next((f for f in commit.files if f.primary), commit.files[0])
+def _hash_file(file: Path) -> tuple[str, int]:
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FormatError(f"cannot read {file}: {exc.strerror}", errno=exc.errno) from None
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _ref_of(member: Member, entry: PutEntry) -> DatasetRef:
+    primary = next((f for f in entry.files if f.primary), entry.files[0])
     return DatasetRef(
-        dataset_type=commit.dataset_type,
-        data_id=dict(commit.data_id),
+        dataset_type=entry.dataset_type,
+        data_id=dict(entry.data_id),
         repository=member.label,
-        version=commit.version,
-        path=os.path.join(member.repo.path, primary.path),
+        version=entry.version,
+        path=str(member.path / primary.path),
         size=primary.size,
         sha256=primary.sha256,
         storage=primary.storage,
-        committed=commit.committed,
-        txid=commit.txid,
-        repository_path=str(member.repo.path),
+        committed=entry.committed,
+        txid=entry.txid,
+        repository_path=str(member.path),
         relative_path=primary.path,
+    )
+
+
+def open_version(member: Member, row: Row) -> int:
+    """An fd on exactly the version ``row`` names (confined to its repository)."""
+    try:
+        return member.repo.open_file(row)
+    except FileNotFoundError:
+        raise DatasetNotFoundError(
+            f"{row.dataset_type} version {row.version} is recorded in {member.label} but "
+            f"its file {member.repo.file_of(row)} is missing; run 'butler verify' and "
+            "'butler repair' on the repository",
+            errno=errno.EIO,
+        ) from None
+
+
+def read_record(repo: DataRepository, txid: str) -> Entry:
+    """The record of ``txid`` in ``repo`` (or its journal, while it is not settled)."""
+    for relative in (layout.record(txid), layout.journal(txid)):
+        try:
+            fd = repo.root.open(relative)
+        except FileNotFoundError:
+            continue
+        try:
+            with os.fdopen(fd, "rb", closefd=False) as stream:
+                return decode(
+                    stream.read(),
+                    str(repo.root.absolute(relative)),
+                    record=relative == layout.record(txid),
+                )
+        finally:
+            os.close(fd)
+    raise RepositoryError(
+        f"no record of transaction {txid} in {repo.path}; run 'butler verify' on the repository",
+        errno=errno.ENOENT,
     )
 
 

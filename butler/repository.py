@@ -1,37 +1,47 @@
 """A Data Repository: a self-contained directory of datasets (SPEC §3).
 
-    REPO/butler.yaml          format version, label, parents, policy
-    REPO/registry.sqlite3     index (a cache of .butler/records, see registry.py)
-    REPO/<template paths>     the latest version of every dataset, plain files
-    REPO/.butler/lock         flock taken while committing (see transaction.py)
-    REPO/.butler/staging/     files being written by a put, fsynced, not yet visible
-    REPO/.butler/journal/     one JSON per put between "prepared" and "committed"
-    REPO/.butler/records/     one JSON per committed put: versions, checksums, provenance
-    REPO/.butler/versions/vN/<template path>   version N once a newer one replaced it
+Its layout is in :mod:`butler.layout`.  A repository never depends on an
+aggregator: its parents are stored relative to its own directory, so moving a
+family of repositories together keeps it working.
 
-A repository never depends on an aggregator: its parents are stored relative
-to its own directory, so moving a family of repositories together keeps it
-working.
+Opening (``DataRepository(path)``) reads ``butler.yaml`` and nothing else: it
+takes no lock, runs no recovery and changes nothing.  Whoever writes calls
+:func:`butler.recovery.recover` first (the resolver does, for outputs).
+Every file below the root is reached through :class:`butler.confine.Root`:
+never through a symbolic link, never outside the tree.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import fcntl
+import errno
 import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+import stat
+import weakref
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from butler import yamlio
-from butler.errors import ConfigError, RepositoryError
+from butler import layout, yamlio
+from butler.confine import Root
+from butler.durable import fsync_directory, write_new
+from butler.errors import (
+    ConfigError,
+    RegistryDamagedError,
+    RepositoryError,
+    UnsafePathError,
+    os_error_text,
+)
+from butler.journal import new_txid
+from butler.locks import FileLocks
 from butler.policy import DatasetTypeDef, Policy
-from butler.registry import Registry, Row
+from butler.registry import Registry, Row, SQLiteRegistry
+from butler.settle import Settlement
 
 FORMAT_VERSION = 1
-CONFIG_NAME = "butler.yaml"
-REGISTRY_NAME = "registry.sqlite3"
-INTERNAL = ".butler"
+CONFIG_NAME = layout.CONFIG
+REGISTRY_NAME = layout.REGISTRY
+INTERNAL = layout.INTERNAL
 
 
 class DataRepository:
@@ -39,25 +49,49 @@ class DataRepository:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().resolve()
-        config_path = self.path / CONFIG_NAME
-        if not config_path.is_file():
+        if not (self.path / CONFIG_NAME).is_file():
             raise RepositoryError(
                 f"{self.path} is not a butler repository (no {CONFIG_NAME}); "
-                "create one with 'butler create PATH' or DataRepository.create(path)"
+                "create one with 'butler create PATH' or DataRepository.create(path)",
+                errno=errno.ENOENT,
             )
-        self._load_config(config_path)
-        self._registry: Registry | None = None
-        self.internal = self.path / INTERNAL
-        self._thread_lock = threading.Lock()
-        self._lock_fd: int | None = None
-        self._lock_pid = 0
-        from butler.transaction import recover  # late: transaction imports this module
-
-        recover(self)
-
-    def _load_config(self, config_path: Path) -> None:
         try:
-            config = yamlio.loads(config_path.read_bytes())
+            self.root = Root(str(self.path))
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot open repository {self.path}: {os_error_text(exc)}", errno=exc.errno
+            ) from None
+        self.internal = self.path / INTERNAL
+        self._load_config()
+        self.locks = FileLocks(self.root)
+        self._registry: Registry | None = None
+        self.settlement = Settlement(self.root, lambda: self.registry)
+        #: What recovery could not do here (shown by the mount's status, and verify).
+        self.problems: list[str] = []
+        _settle_at_exit(self)
+
+    # -- configuration -----------------------------------------------------------
+
+    def _read_config_bytes(self) -> bytes:
+        try:
+            fd = self.root.open(CONFIG_NAME)
+        except UnsafePathError:
+            raise
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot read {self.path / CONFIG_NAME}: {os_error_text(exc)}", errno=exc.errno
+            ) from None
+        try:
+            self._config_stat = os.fstat(fd)
+            with os.fdopen(fd, "rb", closefd=False) as stream:
+                return stream.read()
+        finally:
+            os.close(fd)
+
+    def _load_config(self) -> None:
+        config_path = self.path / CONFIG_NAME
+        try:
+            config = yamlio.loads(self._read_config_bytes())
         except yamlio.YAMLError as exc:
             raise ConfigError(f"{config_path}: not valid YAML ({exc}); fix the file") from None
         if not isinstance(config, dict):
@@ -78,7 +112,82 @@ class DataRepository:
         if not isinstance(raw_policy, Mapping):
             raise ConfigError(f"{config_path}: policy must be a mapping")
         self.policy = Policy.from_mapping(raw_policy, str(config_path))
-        self._config_mtime = config_path.stat().st_mtime_ns
+
+    def reload_config_if_changed(self) -> bool:
+        """Reread butler.yaml if another process changed it (e.g. a define)."""
+        try:
+            now = self.root.lstat(CONFIG_NAME)
+        except OSError:
+            return False
+        seen = self._config_stat
+        if (now.st_ino, now.st_mtime_ns, now.st_size) == (
+            seen.st_ino,
+            seen.st_mtime_ns,
+            seen.st_size,
+        ):
+            return False
+        self._load_config()
+        return True
+
+    def config_with(
+        self, definitions: Sequence[tuple[DatasetTypeDef, Mapping[str, object] | None, bool]]
+    ) -> dict[str, object] | None:
+        """butler.yaml with dataset types (and their genres) added, or None if it holds them.
+
+        Each item is (definition, its genre's raw spec if the repository may lack it,
+        replace an existing definition of that name).  Validated before it is returned.
+        """
+        self.reload_config_if_changed()
+        policy = dict(self.policy.raw)
+        genres = dict(policy.get("genres") or {})  # type: ignore[call-overload]
+        types = dict(policy.get("datasetTypes") or {})  # type: ignore[call-overload]
+        changed = False
+        for definition, genre_spec, replace in definitions:
+            if definition.genre not in genres:
+                if genre_spec is None:
+                    raise ConfigError(
+                        f"repository {self.label} has no genre {definition.genre!r}; add it "
+                        "to its policy"
+                    )
+                genres[definition.genre] = dict(genre_spec)
+                changed = True
+            if definition.name not in types or (
+                replace and types[definition.name] != definition.raw
+            ):
+                types[definition.name] = definition.raw
+                changed = True
+        if not changed:
+            return None
+        policy["genres"] = genres
+        policy["datasetTypes"] = types
+        Policy.from_mapping(policy, str(self.path / CONFIG_NAME))
+        return {**self.config, "policy": policy}
+
+    def stage_config(self, config: Mapping[str, object], name: str) -> None:
+        """Write ``config`` as the staged file ``name`` (fsynced; renamed into place later)."""
+        write_new(self.root, layout.staged(name), yamlio.dumps(dict(config)).encode(), sync=True)
+
+    def install_config(self, staged_name: str) -> None:
+        """Rename a staged butler.yaml into place (durable), and reload it."""
+        self.root.rename(layout.staged(staged_name), CONFIG_NAME)
+        fsync_directory(self.root, "")
+        self._load_config()
+
+    def write_config(self, config: Mapping[str, object]) -> None:
+        """Replace butler.yaml atomically; the caller holds the repository lock.
+
+        Staged under the writer's owner tag, so a crash leaves only a staged file that the
+        next recovery removes, never a stray temporary beside butler.yaml.
+        """
+        name = layout.staged_name(new_txid(), self.locks.owner(), 0)
+        self.stage_config(config, name)
+        try:
+            self.install_config(name)
+        except BaseException:
+            self.root.unlink(layout.staged(name))
+            raise
+
+    # -- creation ----------------------------------------------------------------
 
     @classmethod
     def create(
@@ -95,9 +204,14 @@ class DataRepository:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RepositoryError(f"{root} exists and is not an empty directory; choose a new path")
         Policy.from_mapping(policy, f"policy for new repository {root}")
-        root.mkdir(parents=True, exist_ok=True)
-        for sub in ("staging", "journal", "records", "versions"):
-            (root / INTERNAL / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for sub in layout.DIRECTORIES:
+                (root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot create repository {root}: {os_error_text(exc)}", errno=exc.errno
+            ) from None
         relative_parents = [
             os.path.relpath(Path(parent).expanduser().resolve(), root) for parent in parents
         ]
@@ -107,114 +221,117 @@ class DataRepository:
             "parents": relative_parents,
             "policy": dict(policy or {}),
         }
-        _write_atomically(root / CONFIG_NAME, yamlio.dumps(config))
-        Registry(root / REGISTRY_NAME).close()
+        SQLiteRegistry(root / REGISTRY_NAME, create=True).close()
+        # butler.yaml last: a repository is one only once everything else is there.
+        staged = root / layout.staged(f"create-{os.getpid()}.yaml")
+        staged.write_text(yamlio.dumps(config), encoding="utf-8")
+        os.replace(staged, root / CONFIG_NAME)
         return cls(root)
+
+    # -- the registry ----------------------------------------------------------------
 
     @property
     def registry(self) -> Registry:
         if self._registry is None:
-            self._registry = Registry(self.path / REGISTRY_NAME)
+            self._registry = self._open_registry()
         return self._registry
 
-    def close(self) -> None:
+    def _open_registry(self) -> Registry:
+        path = self.path / REGISTRY_NAME
+        try:
+            found = self.root.lstat(REGISTRY_NAME)
+        except FileNotFoundError:
+            found = None
+        if found is not None and not stat.S_ISREG(found.st_mode):
+            raise UnsafePathError(
+                f"{path} is not a regular file (a link or a directory); move it away and "
+                "run 'butler reindex' on the repository"
+            )
+        if found is None:
+            if self.has_records():
+                raise RegistryDamagedError(
+                    f"{path} is missing but the repository holds records of its datasets; "
+                    f"run 'butler reindex {self.path}' to rebuild it from them"
+                )
+            if not os.access(self.path, os.W_OK):
+                raise RepositoryError(f"{path} is missing and the repository is read-only")
+            return SQLiteRegistry(path, create=True)
+        return SQLiteRegistry(path)
+
+    def check_registry(self) -> None:
+        """Raise if the registry is missing or empty beside records (a lost index must be
+        rebuilt with ``butler reindex``, never silently started afresh)."""
+        registry = self.registry
+        if registry.is_empty() and self.has_records():
+            raise RegistryDamagedError(
+                f"registry {self.path / REGISTRY_NAME} is empty but the repository holds "
+                f"records of its datasets; run 'butler reindex {self.path}' to rebuild it"
+            )
+
+    def has_records(self) -> bool:
+        try:
+            with os.scandir(self.path / layout.RECORDS) as entries:
+                return any(layout.txid_of(entry.name) for entry in entries)
+        except FileNotFoundError:
+            return False
+
+    def reset_registry(self) -> None:
+        """Forget the open registry (after reindex moved a damaged one aside)."""
         if self._registry is not None:
             self._registry.close()
-        with self._thread_lock:
-            if self._lock_fd is not None and self._lock_pid == os.getpid():
-                os.close(self._lock_fd)
-            self._lock_fd = None
+        self._registry = None
+
+    # -- files ---------------------------------------------------------------------
+
+    def file_of(self, row: Row) -> Path:
+        """Where a user finds a version's file: at its template path while it is current,
+        else under ``.butler/versions/v<N>/``.  (Reads open the version's own name,
+        which never changes: :meth:`open_file`.)"""
+        if row.current and not row.removed:
+            return self.path / row.path
+        return self.path / layout.version_file(row.version, row.path)
+
+    def open_file(self, row: Row) -> int:
+        """An fd on exactly this version's file, opened without following any link."""
+        try:
+            return self.root.open(layout.version_file(row.version, row.path))
+        except FileNotFoundError:
+            if not (row.current and not row.removed):
+                raise
+        # A repository written before every version had its own name (round 1) keeps
+        # its current versions at the template path only, until its owner opens it.
+        return self.root.open(row.path)
+
+    def close(self) -> None:
+        self.settlement.settle_all(self.locks)
+        if self._registry is not None:
+            self._registry.close()
+        self.locks.release()
 
     def __repr__(self) -> str:
         return f"DataRepository({str(self.path)!r}, label={self.label!r})"
 
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive between processes (flock) and between this process's threads.
+    # -- compatibility: the repository lock ---------------------------------------------
 
-        The descriptor is kept open (reopened after a fork, whose child must not share
-        the parent's lock): a put takes this lock once per output.
-        """
-        with self._thread_lock:
-            if self._lock_fd is None or self._lock_pid != os.getpid():
-                self.internal.mkdir(exist_ok=True)
-                self._lock_fd = os.open(self.internal / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-                self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    def file_of(self, row: Row) -> Path:
-        """Where a version's file is: its template path while current, else versions/vN/."""
-        if row.current and not row.removed:
-            return self.path / row.path
-        return self.internal / "versions" / f"v{row.version}" / row.path
-
-    def reload_config_if_changed(self) -> bool:
-        """Reread butler.yaml if another process changed it (e.g. a define)."""
-        config_path = self.path / CONFIG_NAME
-        if config_path.stat().st_mtime_ns == self._config_mtime:
-            return False
-        self._load_config(config_path)
-        return True
-
-    def add_dataset_type(self, definition: DatasetTypeDef, replace: bool = False) -> None:
-        """Record a dataset type in butler.yaml so the repository stays standalone."""
-        with self.lock():
-            self.reload_config_if_changed()
-            if definition.name in self.policy.dataset_types and not replace:
-                return
-            config = dict(self.config)
-            policy = dict(self.policy.raw)
-            types = dict(policy.get("datasetTypes") or {})  # type: ignore[call-overload]
-            types[definition.name] = definition.raw
-            genres = dict(policy.get("genres") or {})  # type: ignore[call-overload]
-            genre = definition.genre
-            if genre not in genres:
-                raise ConfigError(
-                    f"repository {self.label} has no genre {genre!r}; add it to its policy"
-                )
-            policy["datasetTypes"] = types
-            config["policy"] = policy
-            Policy.from_mapping(policy, str(self.path / CONFIG_NAME))
-            _write_atomically(self.path / CONFIG_NAME, yamlio.dumps(config))
-            self._load_config(self.path / CONFIG_NAME)
-
-    def add_genre(self, name: str, raw: Mapping[str, object]) -> None:
-        """Copy a genre into butler.yaml (needed before a dataset type of it is copied in)."""
-        with self.lock():
-            self.reload_config_if_changed()
-            if name in self.policy.genres:
-                return
-            config = dict(self.config)
-            policy = dict(self.policy.raw)
-            genres = dict(policy.get("genres") or {})  # type: ignore[call-overload]
-            genres[name] = dict(raw)
-            policy["genres"] = genres
-            config["policy"] = policy
-            Policy.from_mapping(policy, str(self.path / CONFIG_NAME))
-            _write_atomically(self.path / CONFIG_NAME, yamlio.dumps(config))
-            self._load_config(self.path / CONFIG_NAME)
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The repository's write lock (see :mod:`butler.locks`)."""
+        return self.locks.repository()
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(temporary, "w", encoding="utf-8") as stream:
-        stream.write(text)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
+_open_repositories: weakref.WeakSet[DataRepository] = weakref.WeakSet()
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _settle_at_exit(repo: DataRepository) -> None:
+    _open_repositories.add(repo)
+
+
+@atexit.register
+def _settle_open_repositories() -> None:
+    """At exit, settle what each open repository applied (its journals would otherwise
+    wait for the next open's recovery)."""
+    for repo in list(_open_repositories):
+        with contextlib.suppress(Exception):
+            repo.settlement.settle_all(repo.locks)
 
 
 def is_repository(path: str | os.PathLike[str]) -> bool:

@@ -14,11 +14,14 @@ aggregator's policy and the command line are merged over that.
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from butler import layout, recovery
 from butler.aggregator import AggregatorSpec, MemberSpec
 from butler.errors import (
     AmbiguousDataIdError,
@@ -31,6 +34,7 @@ from butler.policy import DatasetTypeDef, Policy, merge
 from butler.registry import Row, canonical_data_id
 from butler.repository import DataRepository, is_repository
 from butler.template import DataId, coerce_data_id
+from butler.transaction import Definition
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,13 @@ class DatasetRef:
     repository_path: str
     relative_path: str  # the template path inside the repository
 
+    @property
+    def version_path(self) -> str:
+        """The version's own name, which never changes (``.butler/versions/v<N>/...``)."""
+        return os.path.join(
+            self.repository_path, layout.version_file(self.version, self.relative_path)
+        )
+
     def as_dict(self) -> dict[str, object]:
         return {
             "dataset_type": self.dataset_type,
@@ -64,13 +75,54 @@ class DatasetRef:
 
 @dataclass
 class Member:
-    """A repository as the aggregator uses it."""
+    """A repository as the aggregator uses it.
 
-    repo: DataRepository
+    An output whose directory does not exist yet has no repository until the first
+    write into it (``ensure``): reading it finds nothing, and a typo in a read-only
+    command never grows a tree (SPEC §6).
+    """
+
+    _repo: DataRepository | None
     label: str
     mode: str  # "r" for inputs and parents, "w" or "rw" for outputs
     dataset_types: frozenset[str] | None = None
     storage: dict[str, str] = field(default_factory=dict)
+    path: Path = Path()
+    #: Makes the repository of an output that does not exist yet (None once it does).
+    _create: Callable[[], DataRepository] | None = None
+    #: The policy such an output will be created with.
+    initial_policy: Policy | None = None
+
+    @property
+    def own_policy(self) -> Policy | None:
+        """The policy in this repository's butler.yaml (or the one it will be made with)."""
+        return self._repo.policy if self._repo is not None else self.initial_policy
+
+    def __post_init__(self) -> None:
+        if self._repo is not None:
+            self.path = self._repo.path
+
+    @property
+    def repo(self) -> DataRepository:
+        if self._repo is None:
+            raise RepositoryError(
+                f"output {self.label} ({self.path}) does not exist yet: it is created at the "
+                "first write into it",
+                errno=errno.ENOENT,
+            )
+        return self._repo
+
+    @property
+    def exists(self) -> bool:
+        return self._repo is not None
+
+    def ensure(self) -> DataRepository:
+        """The repository, created now if this output did not exist yet."""
+        if self._repo is None:
+            assert self._create is not None
+            self._repo = self._create()
+            self._create = None
+        return self._repo
 
     @property
     def is_output(self) -> bool:
@@ -89,22 +141,38 @@ class Resolver:
         self.outputs = [
             self._open_output(item, merge(input_policy, spec.policy)) for item in spec.outputs
         ]
-        paths = [m.repo.path for m in self.outputs]
+        paths = [m.path for m in self.outputs]
         if len(set(paths)) != len(paths):
             raise ConfigError(f"{spec.source}: the same repository is listed twice as an output")
-        self.search = self._expand([m for m in self.outputs if "r" in m.mode] + self.inputs)
         for output in self.outputs:
-            if output.repo.path in {m.repo.path for m in self.inputs}:
+            if output.path in {m.repo.path for m in self.inputs}:
                 raise ConfigError(
-                    f"{spec.source}: {output.repo.path} is both an input and an output; "
+                    f"{spec.source}: {output.path} is both an input and an output; "
                     "list it once, as an output with mode rw"
                 )
+        self._output_types: dict[tuple[str, str], DatasetTypeDef] = {}
+        self._search_members()
+        #: What recovery did when the outputs were opened (``butler repair`` reports it).
+        self.recovered: list[recovery.Action] = []
+        for output in self.outputs:
+            if output.exists:
+                self.recovered += self._prepare_output(output.repo)
+
+    def _search_members(self) -> None:
+        """Search order and labels (again after an output is created)."""
+        readable = [m for m in self.outputs if "r" in m.mode and m.exists]
+        self.search = self._expand(readable + self.inputs)
         self.by_label: dict[str, Member] = {}
         for member in self.search:
             self.by_label.setdefault(member.label, member)
-        self._output_types: dict[tuple[str, str], DatasetTypeDef] = {}
-        self._pending_records: dict[tuple[str, str], tuple[Member, DatasetTypeDef]] = {}
         self.refresh_policy()
+
+    @staticmethod
+    def _prepare_output(repo: DataRepository) -> list[recovery.Action]:
+        """Before writing an output: its registry must be sound, and what dead writers left
+        is finished.  Nothing here raises for one bad journal (see recovery)."""
+        repo.check_registry()
+        return recovery.recover(repo)
 
     # -- construction --------------------------------------------------------
 
@@ -120,21 +188,41 @@ class Resolver:
     def _open_output(self, item: MemberSpec, policy: Mapping[str, object]) -> Member:
         if is_repository(item.path):
             repo = DataRepository(item.path)
-        elif item.path.exists() and (not item.path.is_dir() or any(item.path.iterdir())):
+            return Member(repo, item.label or repo.label, item.mode, item.dataset_types,
+                          dict(item.storage))  # fmt: skip
+        if item.path.exists() and (not item.path.is_dir() or any(item.path.iterdir())):
             raise RepositoryError(
                 f"output {item.path} exists but is not a butler repository; "
                 "give a new path or an existing repository"
             )
-        else:
-            repo = DataRepository.create(
+
+        def create() -> DataRepository:
+            if not item.path.parent.is_dir():
+                raise RepositoryError(
+                    f"output {item.path} cannot be created: its parent directory "
+                    f"{item.path.parent} does not exist (a typo?); create it first, or fix "
+                    "the path",
+                    errno=errno.ENOENT,
+                )
+            return DataRepository.create(
                 item.path,
                 label=item.label,
                 policy=policy,
                 parents=[m.repo.path for m in self.inputs],
             )
-        member = Member(repo, item.label or repo.label, item.mode, item.dataset_types)
-        member.storage = dict(item.storage)
-        return member
+
+        label = item.label or item.path.name
+        initial = Policy.from_mapping(policy, f"policy for new output {item.path}")
+        return Member(None, label, item.mode, item.dataset_types, dict(item.storage),
+                      item.path, create, initial)  # fmt: skip
+
+    def ensure_output(self, member: Member) -> DataRepository:
+        """``member``'s repository, created at this first write if it did not exist."""
+        if member.exists:
+            return member.repo
+        repo = member.ensure()
+        self._search_members()
+        return repo
 
     def _expand(self, members: list[Member]) -> list[Member]:
         """Members in search order with their parents depth-first, each repository once."""
@@ -167,7 +255,7 @@ class Resolver:
 
     def refresh_policy(self) -> None:
         """Rebuild the effective policy (after a define, or a butler.yaml changed on disk)."""
-        writers = [m for m in self.outputs if m not in self.search]
+        writers = [m for m in self.outputs if m not in self.search and m.exists]
         raws = [m.repo.policy.raw for m in self.search + writers]
         self.policy = Policy.from_mapping(
             merge(_first_wins(raws), self.overrides), f"{self.spec.source} (effective policy)"
@@ -297,55 +385,68 @@ class Resolver:
                 yield member, self.output_definition(member, dataset_type)
 
     def output_definition(self, member: Member, dataset_type: str) -> DatasetTypeDef:
-        """How ``member`` stores ``dataset_type``: its own definition, else the effective
-        one, under the member's ``storage:`` routing.  A definition the output does not
-        hold yet is recorded in it after the first successful put (``record_pending``),
-        so that a failed put changes nothing, not even butler.yaml."""
+        """How ``member`` stores ``dataset_type`` (``stored_definition``), cached."""
         cache_key = (member.label, dataset_type)
         cached = self._output_types.get(cache_key)
         if cached is not None:
             return cached
-        member.repo.reload_config_if_changed()
-        definition, unrecorded = self.stored_definition(member, dataset_type)
-        if unrecorded:
-            self._pending_records[cache_key] = (member, definition)
+        if member.exists:
+            member.repo.reload_config_if_changed()
+        definition = self.stored_definition(member, dataset_type)[0]
         self._output_types[cache_key] = definition
         return definition
 
     def stored_definition(self, member: Member, dataset_type: str) -> tuple[DatasetTypeDef, bool]:
         """How ``member`` stores ``dataset_type``, recording nothing: its own definition,
         else the effective one, under its ``storage:`` routing.  The flag says whether
-        that differs from what its butler.yaml holds (a put records it; opened alone, the
-        output then goes on storing the type as routed)."""
-        own = member.repo.policy.dataset_types.get(dataset_type)
+        that differs from what its butler.yaml holds (a put records it, with the put
+        itself; opened alone, the output then goes on storing the type as routed)."""
+        policy = member.own_policy
+        own = policy.dataset_types.get(dataset_type) if policy is not None else None
         definition = own if own is not None else self.definition(dataset_type)
         storage = member.storage.get(dataset_type)
         if storage is not None and any(loc.storage != storage for loc in definition.locations):
             return definition.with_storage(storage), True
         return definition, own is None
 
-    def record_pending(self, dataset_type: str) -> None:
-        """Record, in each output, the definition a successful put of this type used."""
-        for member in self.outputs:
-            pending = self._pending_records.pop((member.label, dataset_type), None)
-            if pending is not None:
-                self.record_definition(member, pending[1], replace=True)
+    def to_record(self, member: Member, definition: DatasetTypeDef) -> tuple[Definition, ...]:
+        """What a put of ``definition``'s type must record in ``member``'s butler.yaml
+        (nothing if it holds it already): recorded with the put, never after it."""
+        if not self.stored_definition(member, definition.name)[1]:
+            return ()
+        return ((definition, self._genre_spec(definition.genre), True),)
 
-    def record_definition(
-        self, member: Member, definition: DatasetTypeDef, replace: bool = False
-    ) -> None:
-        """Copy a dataset type (and its genre if needed) into an output's butler.yaml."""
-        repo = member.repo
-        if definition.genre not in repo.policy.genres:
-            genres = self.policy.raw.get("genres")
-            assert isinstance(genres, dict)
-            repo.add_genre(definition.genre, genres[definition.genre])
-        repo.add_dataset_type(definition, replace=replace)
-        self._output_types.pop((member.label, definition.name), None)
+    def _genre_spec(self, genre: str) -> Mapping[str, object] | None:
+        genres = self.policy.raw.get("genres")
+        spec = genres.get(genre) if isinstance(genres, dict) else None
+        return spec if isinstance(spec, Mapping) else None
+
+    def record_definition(self, member: Member, definition: DatasetTypeDef) -> None:
+        """Copy a dataset type (and its genre if needed) into an output's butler.yaml now."""
+        repo = self.ensure_output(member)
+        with repo.locks.repository():
+            config = repo.config_with([(definition, self._genre_spec(definition.genre), False)])
+            if config is not None:
+                repo.write_config(config)
+        self.forget_definitions(definition.name)
+
+    def add_definition(self, name: str, raw: Mapping[str, object]) -> None:
+        """A dataset type defined through this resolver (``Butler.define``) but recorded in
+        no repository (no output holds it): part of the effective policy from now on."""
+        types = self.overrides.setdefault("datasetTypes", {})
+        assert isinstance(types, dict)
+        types[name] = dict(raw)
+        self.refresh_policy()
+
+    def forget_definitions(self, name: str) -> None:
+        for key in [key for key in self._output_types if key[1] == name]:
+            del self._output_types[key]
 
     def on_exists(self, member: Member) -> str:
         explicit = self.overrides.get("on_exists")
-        return str(explicit) if explicit is not None else member.repo.policy.on_exists
+        if explicit is not None:
+            return str(explicit)
+        return member.repo.policy.on_exists if member.exists else self.policy.on_exists
 
 
 def _first_wins(raws: list[dict[str, object]]) -> dict[str, object]:

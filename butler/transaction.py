@@ -1,69 +1,88 @@
-"""The all-or-nothing duplicated put, and its recovery.  The protocol, in short
-(docs/design.md has the argument for why it is safe):
+"""The all-or-nothing duplicated put, and removal, across outputs.
 
-1. **Stage** (no lock): every payload is written to ``.butler/staging/<txid>.<owner>.<n>``
-   in every output and fsynced.  Any failure (a full disk, an exception) removes
-   what was staged; nothing is visible, nothing is recorded.
-2. **Prepare** (all outputs locked, in path order): each output gets
-   ``.butler/journal/<txid>.json``, naming every participant, its version, files
-   and provenance; written to a temporary name, fsynced, renamed, directory
-   fsynced.  A failure here removes the journals written so far.
-3. **Commit point**: the transaction is committed exactly when every
-   participant holds its journal.  From here on it only rolls forward.
-4. **Apply** in each output: the file at the template path (the previous
-   version) is hard-linked under ``.butler/versions/v<N-1>/``; the staged file is
-   renamed onto the template path; the directory is fsynced; the registry row is
-   committed; the journal is renamed to ``.butler/records/<txid>.json``, where it
-   stays as the plain-text record of versions, checksums and provenance.
+A put of one dataset to outputs O1…On (docs/design.md has the safety argument):
 
-Recovery runs when a repository is opened and before every commit, under the
-repository's lock (so any journal it sees belongs to a dead writer): a journal
-whose participants all hold the journal or its record is applied; one with a
-participant holding neither is rolled back; one with an unreachable participant
-is left for ``butler repair`` and stays invisible meanwhile.
+1. **Stage** (no lock): each payload is written to ``.butler/staging/<txid>.<owner>.<n>``
+   in every output; large ones are fsynced there, small ones travel in the journal.
+2. **Prepare** (every output locked, in path order): recover dead writers' journals;
+   open the registry's write transaction; assign the version; check or make
+   everything applying needs — template and version directories (never through a
+   link), a directory entry in each (a probe link), no directory or link where the
+   file goes, no immutable file to replace, the registry rows inserted (uncommitted),
+   space kept in ``.butler/reserve``, a staged ``butler.yaml`` if the output must
+   record the dataset type.  Any failure here changes nothing.
+3. **Commit point**: each output's journal is written durably (file and directory
+   fsync).  The put is committed exactly when every output holds its journal.
+4. **Apply** each output (:mod:`butler.apply`) and commit its registry rows: the put
+   is visible.  Its journal stays until settled (:mod:`butler.settle`).
+
+A removal follows the same steps with a removal journal; its apply takes the
+file off its template path (the version keeps its name) and marks it removed.
+
+Partial-failure policy, stated once: a failure before the commit point leaves no
+output changed (no file, no row, no butler.yaml change) and raises with the
+errno that says why; after it, only a crash or a lost disk stops apply, and the
+next open (or ``butler repair``) completes it in every output.
 """
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
-import json
-import logging
 import os
-import threading
+import struct
 import time
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from butler.errors import ButlerError, DatasetExistsError, TransactionError
-from butler.registry import Commit, FileEntry, canonical_data_id
-from butler.repository import DataRepository, fsync_directory
+from butler import faults, layout
+from butler.apply import apply_put, apply_removal, ensure_reserve, with_reserve
+from butler.durable import COPY_CHUNK, fsync_directory, write_all, write_new
+from butler.errors import (
+    ButlerError,
+    DatasetExistsError,
+    RegistryDamagedError,
+    RepositoryError,
+    TransactionError,
+    reason_of,
+)
+from butler.journal import (
+    DataId,
+    FileRecord,
+    PutEntry,
+    RemovalEntry,
+    encode,
+    new_txid,
+    with_inline,
+)
+from butler.policy import DatasetTypeDef
+from butler.recovery import recover_locked
+from butler.registry import RegistryWriter, canonical_data_id
+from butler.repository import DataRepository
 
-log = logging.getLogger("butler.transaction")
 T = TypeVar("T")
 
-# Staged files are named <txid>.<owner>.<n>.  The owner is a process that holds
-# .butler/staging/owner-<owner>.lock locked for as long as it lives, so a staged
-# file with no journal whose owner's lock can be taken is a crash's leftover.
-_owners: dict[Path, tuple[int, str, int]] = {}
-_owners_lock = threading.Lock()
+#: Payloads up to this size travel inside the journal: one durable write per output
+#: instead of two (the staged copy is then written without fsync, and settled later).
+INLINE_LIMIT = 128 * 1024
+
+_FS_IOC_GETFLAGS = 0x80086601
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
 
 
 @dataclass(frozen=True)
 class Payload:
-    """The bytes of one dataset in one storage format, serialized once for all outputs."""
+    """The bytes of one dataset in one storage format, made once for all outputs:
+    in memory (``data``), or a file streamed into each output (``source``)."""
 
-    data: bytes
+    size: int
     sha256: str
-
-    @property
-    def size(self) -> int:
-        return len(self.data)
+    data: bytes | None = None
+    source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,11 @@ class PlannedFile:
     storage: str
 
 
+#: A dataset type an output must record in its butler.yaml with this put:
+#: (definition, its genre's raw spec, replace an existing definition).
+Definition = tuple[DatasetTypeDef, Mapping[str, object] | None, bool]
+
+
 @dataclass(frozen=True)
 class Target:
     """One output's share of a put: the files it receives."""
@@ -81,11 +105,15 @@ class Target:
     repo: DataRepository
     files: tuple[PlannedFile, ...]
     on_exists: str
+    definitions: tuple[Definition, ...] = ()
 
 
-def new_txid() -> str:
-    # Time first (fixed width) so that records sort in commit order for a rebuild.
-    return f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}"
+@dataclass
+class _Prepared:
+    repo: DataRepository
+    entry: PutEntry | RemovalEntry
+    writer: RegistryWriter
+    inline: dict[int, bytes] = field(default_factory=dict)
 
 
 def put(
@@ -94,117 +122,382 @@ def put(
     data_id: Mapping[str, int | str],
     payloads: Mapping[str, Payload],
     provenance: Mapping[str, object],
-) -> list[Commit]:
-    """Write one dataset to every target, all or nothing.  Returns one Commit per target.
-
-    Each phase runs for all outputs at once in worker threads: the time of a put is
-    that of its slowest output, not the sum (fsync releases the GIL).
-    """
+) -> list[PutEntry]:
+    """Write one dataset to every target, all or nothing.  One entry per target, in order."""
     txid = new_txid()
     what = f"{dataset_type} {dict(data_id)}"
     staged = [
-        (
-            target.repo.internal / "staging" / f"{txid}.{_owner(target.repo)}.{index}",
-            payloads[planned.storage].data,
-        )
+        (target.repo, layout.staged_name(txid, target.repo.locks.owner(), index), planned)
         for target in targets
         for index, planned in enumerate(target.files)
     ]
-    failure = _first_failure(_each(lambda item: write_durably(*item), staged))
-    if failure is None:  # the names must survive too: recovery rolls forward from them
-        staging_dirs = list({target.repo.internal / "staging" for target in targets})
-        failure = _first_failure(_each(fsync_directory, staging_dirs))
-    if failure is not None:
-        _remove_all([path for path, _ in staged])
-        if isinstance(failure, OSError):
-            raise TransactionError(
-                f"put of {what} failed while writing ({failure}); no output was changed; "
-                "free space or fix the output, then retry"
-            ) from failure
-        raise failure
-    _crash_point("staged")
-
-    participants = [str(target.repo.path) for target in targets]
-    with _locked(sorted({target.repo.path: target.repo for target in targets}.items())):
-        committed = time.time()
-        try:
-            plans = []
-            for target in targets:
-                recover_locked(target.repo)
-                plan = _plan(target, txid, dataset_type, data_id, payloads, provenance)
-                plans.append({**plan, "participants": participants, "committed": committed})
-        except BaseException:
-            _remove_all([path for path, _ in staged])
-            raise
-        journals = [t.repo.internal / "journal" / f"{txid}.json" for t in targets]
+    failure = _first_failure(
+        _each(lambda item: _stage(item[0], item[1], payloads[item[2].storage]), staged)
+    )
+    if failure is None:  # a large staged file's name must survive too: recovery reads it
+        large = {
+            repo.path: repo for repo, _, p in staged if payloads[p.storage].size > INLINE_LIMIT
+        }
         failure = _first_failure(
-            _each(lambda item: _write_journal(*item), zip(journals, plans, strict=True))
+            _each(lambda repo: fsync_directory(repo.root, layout.STAGING), large.values())
         )
-        if failure is not None:
-            _remove_all(journals + [path for path, _ in staged])
-            if isinstance(failure, OSError) and not isinstance(failure, ButlerError):
-                raise TransactionError(
-                    f"put of {what} failed while preparing ({failure}); no output was "
-                    "changed; fix the output, then retry"
-                ) from failure
-            raise failure
-        # Commit point passed: every participant holds its journal.  Only forward now.
-        _crash_point("prepared")
-        results = _each(
-            lambda item: apply_journal(*item), zip([t.repo for t in targets], plans, strict=True)
-        )
-        failures = [
-            f"{target.repo.label}: {result}"
-            for target, result in zip(targets, results, strict=True)
-            if isinstance(result, BaseException)
-        ]
-        applied = [
-            (target.repo, plan)
-            for target, plan, result in zip(targets, plans, results, strict=True)
-            if not isinstance(result, BaseException)
-        ]
-        for repo, plan in applied:
-            _note_unsettled(repo, txid, _journal_dirs(repo, plan))
-        for repo, result in zip(
-            [repo for repo, _ in applied],
-            _each(_settle_if_due, [repo for repo, _ in applied]),
-            strict=True,
-        ):
-            if isinstance(result, BaseException):  # not fatal: the journals stay, settled later
-                log.warning("%s: could not settle puts now: %s", repo.label, result)
-        if failures:
-            raise TransactionError(
-                f"put of {what} is committed but not yet applied in {'; '.join(failures)}; "
-                "it completes when the repository is next opened, or run 'butler repair'"
-            )
-    return [commit_of(plan) for plan in plans]
+    if failure is not None:
+        _unlink_all((repo, layout.staged(name)) for repo, name, _ in staged)
+        raise _failed(failure, f"put of {what} failed while writing")
+    faults.crash_point("staged")
+
+    participants = tuple(str(target.repo.path) for target in targets)
+    with contextlib.ExitStack() as stack:
+        for repo in sorted({t.repo.path: t.repo for t in targets}.values(), key=lambda r: r.path):
+            stack.enter_context(repo.locks.repository())
+        committed = time.time()
+        prepared: list[_Prepared] = []
+        try:
+            for target in targets:
+                entry = _entry(target, txid, dataset_type, data_id, payloads, provenance)
+                entry = replace(entry, participants=participants, committed=committed)
+                prepared.append(prepare_put(stack, target, entry, payloads))
+        except BaseException as exc:
+            _discard(prepared, staged)
+            if isinstance(exc, Exception):
+                raise _failed(exc, f"put of {what} failed while preparing") from exc
+            raise
+        _commit_point(prepared, staged, what)
+        return [p.entry for p in _apply_all(prepared, what)]  # type: ignore[misc]
 
 
-# Fault injection for the recovery tests: the process dies at the named step, as in a
-# crash.  Read once at import; production never sets it.
-_CRASH_AT = os.environ.get("BUTLER_TEST_CRASH_AT")
+def remove(
+    repos: Sequence[DataRepository], dataset_type: str, data_id: Mapping[str, int | str]
+) -> list[DataRepository]:
+    """Remove the current version of a dataset from every repository in ``repos`` that
+    holds it, all or nothing.  Returns those it was removed from (maybe none)."""
+    txid = new_txid()
+    key = canonical_data_id(data_id)
+    what = f"removal of {dataset_type} {dict(data_id)}"
+    with contextlib.ExitStack() as stack:
+        for repo in sorted({r.path: r for r in repos}.values(), key=lambda r: r.path):
+            stack.enter_context(repo.locks.repository())
+        holding = []
+        try:
+            for repo in repos:
+                recover_locked(repo)
+                writer = stack.enter_context(repo.registry.writer())
+                rows = writer.current(dataset_type, key)
+                if rows:
+                    holding.append((repo, writer, rows))
+            participants = tuple(str(repo.path) for repo, _, _ in holding)
+            prepared = []
+            committed = time.time()
+            for repo, writer, rows in holding:
+                entry = RemovalEntry(
+                    txid,
+                    dataset_type,
+                    dict(data_id),
+                    rows[0].version,
+                    committed,
+                    tuple(row.path for row in rows),
+                    participants,
+                )
+                for path in entry.paths:
+                    _check_replaceable(repo, path)
+                    _probe_directory(repo, path.rpartition("/")[0], None)
+                ensure_reserve(repo.root)
+                writer.remove(entry)
+                prepared.append(_Prepared(repo, entry, writer))
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                raise _failed(exc, f"{what} failed while preparing") from exc
+            raise
+        if not prepared:
+            return []
+        _commit_point(prepared, [], what)
+        return [p.repo for p in _apply_all(prepared, what)]
 
 
-def _crash_point(step: str) -> None:
-    """Die here if BUTLER_TEST_CRASH_AT is ``step`` or ``step#n`` (the n-th time here)."""
-    global _crash_count
-    if _CRASH_AT is None:
+# -- the steps ---------------------------------------------------------------------
+
+
+def _stage(repo: DataRepository, name: str, payload: Payload) -> None:
+    """Write one payload into ``repo``'s staging directory (fsynced if it is large)."""
+    relative = layout.staged(name)
+    sync = payload.size > INLINE_LIMIT
+    if payload.data is not None:
+        write_new(repo.root, relative, payload.data, sync=sync)
         return
-    name, _, nth = _CRASH_AT.partition("#")
-    if name == step:
-        _crash_count += 1
-        if _crash_count >= int(nth or 1):
-            os._exit(70)
+    assert payload.source is not None
+    fd = repo.root.open(relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with open(payload.source, "rb") as source:
+            copied = _copy(source.fileno(), fd, payload.size)
+        if copied != payload.size:
+            raise TransactionError(
+                f"{payload.source} changed size while it was being put; retry",
+                errno=errno.EAGAIN,
+            )
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        repo.root.unlink(relative)
+        raise
+    os.close(fd)
 
 
-_crash_count = 0
+def _copy(source: int, destination: int, size: int) -> int:
+    """Copy ``size`` bytes (in the kernel when it can: copy_file_range)."""
+    done = 0
+    try:
+        while done < size:
+            copied = os.copy_file_range(source, destination, size - done)
+            if copied == 0:
+                break
+            done += copied
+        return done
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while chunk := os.pread(source, COPY_CHUNK, done):
+        write_all(destination, chunk)
+        done += len(chunk)
+    return done
+
+
+def _entry(
+    target: Target,
+    txid: str,
+    dataset_type: str,
+    data_id: Mapping[str, int | str],
+    payloads: Mapping[str, Payload],
+    provenance: Mapping[str, object],
+) -> PutEntry:
+    owner = target.repo.locks.owner()
+    files = tuple(
+        FileRecord(
+            location=planned.location,
+            primary=planned.primary,
+            path=planned.path,
+            storage=planned.storage,
+            size=payloads[planned.storage].size,
+            sha256=payloads[planned.storage].sha256,
+            staged=layout.staged_name(txid, owner, index),
+        )
+        for index, planned in enumerate(target.files)
+    )
+    return PutEntry(txid, dataset_type, dict(data_id), 0, 0.0, files, (), dict(provenance))
+
+
+def prepare_put(
+    stack: contextlib.ExitStack,
+    target: Target,
+    entry: PutEntry,
+    payloads: Mapping[str, Payload],
+) -> _Prepared:
+    """Everything before the commit point in one output (its lock held): afterwards only
+    a crash or a lost disk can stop the put from applying here."""
+    repo = target.repo
+    _, left = recover_locked(repo)
+    ensure_reserve(repo.root)
+    writer = stack.enter_context(repo.registry.writer())
+    key = canonical_data_id(entry.data_id)
+    current = writer.current(entry.dataset_type, key)
+    if current and target.on_exists == "error":
+        raise DatasetExistsError(
+            f"{entry.dataset_type} {entry.data_id} already exists in {repo.label} and its "
+            "policy says on_exists: error; remove it first or set on_exists: version"
+        )
+    taken = [
+        p.entry.version
+        for p in left
+        if p.entry.dataset_type == entry.dataset_type and p.entry.data_id == entry.data_id
+    ]
+    version = max([writer.max_version(entry.dataset_type, key), *taken]) + 1
+    for record in entry.files:
+        kept = layout.version_file(version, record.path)
+        if repo.root.exists(kept):
+            raise RegistryDamagedError(
+                f"version {version} of {entry.dataset_type} {entry.data_id} already exists "
+                f"({repo.root.absolute(kept)}) but the registry of {repo.label} does not "
+                f"know it: the registry is behind the records; run 'butler reindex "
+                f"{repo.path}'",
+                errno=errno.EEXIST,
+            )
+        _check_replaceable(repo, record.path)
+        _probe_directory(repo, record.path.rpartition("/")[0], record.staged)
+        _probe_directory(repo, kept.rpartition("/")[0], record.staged)
+    paths = {record.path for record in entry.files}
+    stale = tuple(sorted({row.path for row in current} - paths))
+    for path in stale:
+        _check_replaceable(repo, path)
+    config_staged = ""
+    if target.definitions:
+        config = repo.config_with(target.definitions)
+        if config is not None:
+            config_staged = layout.staged_name(entry.txid, repo.locks.owner(), len(entry.files))
+            repo.stage_config(config, config_staged)
+    entry = replace(entry, version=version, stale_paths=stale, config_staged=config_staged)
+    try:
+        writer.add(entry)  # proves the rows fit (a writable registry, a page on the disk)
+    except BaseException:
+        if config_staged:
+            repo.root.unlink(layout.staged(config_staged))
+        raise
+    inline = {
+        index: payloads[record.storage].data
+        for index, record in enumerate(entry.files)
+        if record.size <= INLINE_LIMIT and payloads[record.storage].data is not None
+    }
+    return _Prepared(repo, entry, writer, inline)  # type: ignore[arg-type]
+
+
+def _check_replaceable(repo: DataRepository, path: str) -> None:
+    """No directory, link or special file at ``path``; no immutable file to replace."""
+    found = repo.root.check_regular(path)
+    if found is None:
+        return
+    fd = repo.root.open(path)
+    try:
+        flags = struct.unpack("=i", fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4])[0]
+    except OSError:
+        return  # a filesystem without these flags
+    finally:
+        os.close(fd)
+    if flags & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+        raise TransactionError(
+            f"{repo.root.absolute(path)} is immutable or append-only (chattr); clear the "
+            "flag with 'chattr -i -a' to let the butler replace it",
+            errno=errno.EPERM,
+        )
+
+
+def _probe_directory(repo: DataRepository, directory: str, staged: str | None) -> None:
+    """Make ``directory`` (never through a link) and prove an entry can be made in it:
+    a link of the staged file, removed at once (it fails as apply's rename would: a
+    read-only or immutable directory, another mount, no permission, no space)."""
+    with repo.root.directory(directory, create=True) as fd:
+        if staged is None:
+            if not os.access(".", os.W_OK, dir_fd=fd, effective_ids=True):
+                raise PermissionError(errno.EACCES, "directory not writable", directory)
+            return
+        probe = f".butler-probe.{staged}"
+        with repo.root.directory(layout.STAGING) as staging:
+            os.link(staged, probe, src_dir_fd=staging, dst_dir_fd=fd, follow_symlinks=False)
+        os.unlink(probe, dir_fd=fd)
+
+
+def _commit_point(
+    prepared: Sequence[_Prepared], staged: Sequence[tuple[DataRepository, str, object]], what: str
+) -> None:
+    """Write every journal durably; on failure undo everything (nothing is committed)."""
+
+    def write(item: _Prepared) -> None:
+        entry, payloads = item.entry, list[bytes]()
+        if isinstance(entry, PutEntry) and item.inline:
+            entry, payloads = with_inline(entry, item.inline)
+        relative = layout.journal(entry.txid)
+        write_new(item.repo.root, relative, encode(entry, payloads), sync=True)
+        try:
+            fsync_directory(item.repo.root, layout.JOURNAL)
+        except BaseException:
+            item.repo.root.unlink(relative)
+            raise
+        faults.crash_point("journal")
+
+    failure = _first_failure(_each(write, prepared))
+    if failure is not None:
+        _discard(prepared, staged)
+        raise _failed(failure, f"{what} failed while preparing")
+    faults.crash_point("prepared")
+
+
+def _apply_all(prepared: Sequence[_Prepared], what: str) -> list[_Prepared]:
+    """Apply in every output; a failure here leaves the journal for recovery to finish."""
+
+    def apply(item: _Prepared) -> None:
+        if isinstance(item.entry, RemovalEntry):
+            apply_removal(item.repo, item.entry, item.writer)
+        else:
+            apply_put(item.repo, item.entry, item.writer, newest=True)
+        with_reserve(item.repo.root, item.writer.commit)
+        faults.crash_point("applied")
+
+    results = _each(apply, prepared)
+    failures = []
+    for item, result in zip(prepared, results, strict=True):
+        if isinstance(result, BaseException):
+            failures.append((item, result))
+            continue
+        item.repo.settlement.note(item.entry)
+        if item.repo.settlement.due():
+            try:
+                item.repo.settlement.settle()
+            except (ButlerError, OSError) as exc:  # not fatal: the journals stay
+                item.repo.problems.append(f"settling failed: {exc}")
+    if failures:
+        where = "; ".join(f"{item.repo.label}: {reason_of(exc)}" for item, exc in failures)
+        raise TransactionError(
+            f"{what} is committed but not yet applied in {where}; it completes when the "
+            "repository is next opened, or run 'butler repair'",
+            errno=_errno_of(failures[0][1]),
+        )
+    return list(prepared)
+
+
+def _discard(
+    prepared: Sequence[_Prepared], staged: Sequence[tuple[DataRepository, str, object]]
+) -> None:
+    """Undo a put before its commit point: journals, staged files and configs go."""
+    paths = [(item.repo, layout.journal(item.entry.txid)) for item in prepared]
+    for item in prepared:
+        if isinstance(item.entry, PutEntry) and item.entry.config_staged:
+            paths.append((item.repo, layout.staged(item.entry.config_staged)))
+    paths += [(repo, layout.staged(name)) for repo, name, _ in staged]
+    _unlink_all(paths)
+
+
+def _unlink_all(paths: Iterable[tuple[DataRepository, str]]) -> None:
+    for repo, relative in paths:
+        with contextlib.suppress(OSError):
+            repo.root.unlink(relative)
+
+
+def _errno_of(exc: BaseException) -> int:
+    number = getattr(exc, "errno", None)
+    return number if isinstance(number, int) else errno.EIO
+
+
+def _failed(exc: BaseException, doing: str) -> BaseException:
+    """The error to raise for a failure before the commit point (nothing was changed)."""
+    if isinstance(exc, ButlerError) and (
+        not isinstance(exc, RepositoryError | TransactionError)
+        or isinstance(exc, RegistryDamagedError)
+    ):
+        return exc  # its own message says what to do (exists, a link, a lost registry)
+    advice = {
+        errno.ENOSPC: "free space on that disk, then retry",
+        errno.EDQUOT: "free space within your quota, then retry",
+        errno.EROFS: "that filesystem is read-only; remount it read-write, then retry",
+        errno.EACCES: "make it writable for this user, then retry",
+        errno.EPERM: "clear what forbids it (an immutable flag, ownership), then retry",
+        errno.EMFILE: "too many open files in this process; close some, then retry",
+    }
+    number = _errno_of(exc)
+    return TransactionError(
+        f"{doing} ({reason_of(exc)}); no output was changed; "
+        f"{advice.get(number, 'fix the output, then retry')}",
+        errno=number,
+    )
+
+
+# -- running one step in every output at once --------------------------------------------
+
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 def _each(function: Callable[[T], object], items: Iterable[T]) -> list[object]:
-    """``function`` over ``items``, concurrently; each result or the exception it raised."""
+    """``function`` over ``items``, concurrently (fsync releases the GIL); each result or
+    the exception it raised."""
     items = list(items)
-    if len(items) < 2 or _CRASH_AT is not None:  # crash tests need a fixed order
+    if len(items) < 2 or faults.enabled():  # crash tests need a fixed order
         return [_call(function, item) for item in items]
     global _pool
     if _pool is None:
@@ -224,426 +517,4 @@ def _first_failure(results: Iterable[object]) -> BaseException | None:
     return next((r for r in results if isinstance(r, BaseException)), None)
 
 
-def _plan(
-    target: Target,
-    txid: str,
-    dataset_type: str,
-    data_id: Mapping[str, int | str],
-    payloads: Mapping[str, Payload],
-    provenance: Mapping[str, object],
-) -> dict[str, object]:
-    registry = target.repo.registry
-    key = canonical_data_id(data_id)
-    current = registry.lookup(dataset_type, key)
-    if current and target.on_exists == "error":
-        raise DatasetExistsError(
-            f"{dataset_type} {dict(data_id)} already exists in {target.repo.label} and its "
-            "policy says on_exists: error; remove it first or set on_exists: version"
-        )
-    version = registry.max_version(dataset_type, key) + 1
-    return {
-        "txid": txid,
-        "dataset_type": dataset_type,
-        "data_id": dict(data_id),
-        "version": version,
-        "previous": current[0].version if current else None,
-        "previous_files": [row.path for row in current],
-        "files": [
-            {
-                "location": planned.location,
-                "primary": planned.primary,
-                "path": planned.path,
-                "staging": f"{txid}.{_owner(target.repo)}.{index}",
-                "storage": planned.storage,
-                "size": payloads[planned.storage].size,
-                "sha256": payloads[planned.storage].sha256,
-            }
-            for index, planned in enumerate(target.files)
-        ],
-        "provenance": dict(provenance),
-    }
-
-
-def commit_of(journal: Mapping[str, object]) -> Commit:
-    files = journal["files"]
-    assert isinstance(files, list)
-    data_id = journal["data_id"]
-    assert isinstance(data_id, dict)
-    return Commit(
-        txid=str(journal["txid"]),
-        dataset_type=str(journal["dataset_type"]),
-        data_id=data_id,
-        version=int(journal["version"]),  # type: ignore[call-overload]
-        committed=float(journal["committed"]),  # type: ignore[arg-type]
-        files=tuple(
-            FileEntry(
-                int(entry["location"]),
-                bool(entry["primary"]),
-                str(entry["path"]),
-                str(entry["storage"]),
-                int(entry["size"]),
-                str(entry["sha256"]),
-            )
-            for entry in files
-        ),
-    )
-
-
-def apply_journal(repo: DataRepository, journal: Mapping[str, object]) -> None:
-    """Roll one prepared put forward in ``repo``.  Idempotent: safe to repeat after a crash."""
-    commit = commit_of(journal)
-    staging_dir = repo.internal / "staging"
-    previous = journal.get("previous")
-    entries = _entries(journal)
-    pending = [entry for entry in entries if (staging_dir / entry["staging"]).exists()]
-    old_paths = [str(p) for p in journal.get("previous_files") or ()]  # type: ignore[attr-defined]
-    touched: set[Path] = set()
-    if pending and previous is not None:
-        # The previous version gets its second name before anything replaces or hides it.
-        for old in old_paths:
-            if (repo.path / old).exists():
-                keep = repo.internal / "versions" / f"v{previous}" / old
-                keep.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileExistsError):
-                    os.link(repo.path / old, keep)
-                touched.add(keep.parent)
-    for entry in pending:
-        final = repo.path / entry["path"]
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging_dir / entry["staging"], final)
-        touched.add(final.parent)
-    if pending:
-        # A previous version stored at another path (its template changed) leaves it.
-        for old in set(old_paths) - {entry["path"] for entry in entries}:
-            (repo.path / old).unlink(missing_ok=True)
-    _crash_point("renamed")
-    repo.registry.insert(commit)
-    _crash_point("applied")
-
-
-def roll_forward(repo: DataRepository, journal: Mapping[str, object]) -> None:
-    """Apply a committed put left by another writer and settle it at once."""
-    apply_journal(repo, journal)
-    _settle(repo, {str(journal["txid"]): _journal_dirs(repo, journal)})
-
-
-# -- settling ----------------------------------------------------------------
-#
-# An applied put is visible but its renames and registry row are not yet known to
-# be on disk (no directory fsync, SQLite synchronous=NORMAL): its journal stays, so a
-# crash rolls it forward again.  Settling makes them durable (fsync the directories
-# and the registry's WAL) and only then turns the journal into the record.  Puts
-# settle in batches: the flushes are paid once per batch, not once per put.
-
-SETTLE_BATCH = 32  # journals awaiting settlement per repository, at most
-SETTLE_SECONDS = 1.0  # and none waits longer than this once another put comes
-_unsettled: dict[Path, dict[str, set[Path]]] = {}
-_unsettled_since: dict[Path, float] = {}
-_unsettled_lock = threading.Lock()
-_repositories: dict[Path, DataRepository] = {}
-
-
-def _journal_dirs(repo: DataRepository, journal: Mapping[str, object]) -> set[Path]:
-    """The directories whose entries applying ``journal`` changed."""
-    previous = journal.get("previous")
-    old_paths = [str(p) for p in journal.get("previous_files") or ()]  # type: ignore[attr-defined]
-    dirs = {(repo.path / entry["path"]).parent for entry in _entries(journal)}
-    dirs.update((repo.path / old).parent for old in old_paths)
-    if previous is not None:
-        versions = repo.internal / "versions" / f"v{previous}"
-        dirs.update((versions / old).parent for old in old_paths)
-    return dirs
-
-
-def _note_unsettled(repo: DataRepository, txid: str, dirs: set[Path]) -> None:
-    with _unsettled_lock:
-        _repositories[repo.internal] = repo
-        _unsettled.setdefault(repo.internal, {})[txid] = dirs
-        _unsettled_since.setdefault(repo.internal, time.monotonic())
-
-
-def _settle_if_due(repo: DataRepository) -> None:
-    """Settle this process's applied puts in ``repo`` if enough wait or one waited long."""
-    with _unsettled_lock:
-        waiting = _unsettled.get(repo.internal, {})
-        since = _unsettled_since.get(repo.internal, time.monotonic())
-        due = len(waiting) >= SETTLE_BATCH or time.monotonic() - since >= SETTLE_SECONDS
-    if due:
-        settle_pending(repo)
-
-
-def settle_pending(repo: DataRepository) -> None:
-    """Settle every put this process applied in ``repo``; the caller holds its lock."""
-    with _unsettled_lock:
-        waiting = _unsettled.pop(repo.internal, {})
-        _unsettled_since.pop(repo.internal, None)
-    if waiting:
-        _settle(repo, waiting)
-
-
-def settle_all() -> None:
-    """Settle this process's applied puts everywhere (at exit, and on Butler.close)."""
-    with _unsettled_lock:
-        internals = list(_unsettled)
-    for internal in internals:
-        repo = _repositories.get(internal)
-        if repo is None or not internal.is_dir():
-            # Moved or deleted meanwhile: its journals went with it, and the next open
-            # settles them wherever it is now.
-            with _unsettled_lock:
-                _unsettled.pop(internal, None)
-                _unsettled_since.pop(internal, None)
-            continue
-        try:
-            with repo.lock():
-                settle_pending(repo)
-        except OSError as exc:  # the journals stay; the next open settles them
-            log.warning("%s: could not settle applied puts now: %s", repo.label, exc)
-
-
-def _settle(repo: DataRepository, journals: Mapping[str, set[Path]]) -> None:
-    directories = set().union(*journals.values())
-    for directory in directories:
-        if directory.is_dir():
-            fsync_directory(directory)
-    repo.registry.sync()
-    _crash_point("settled")
-    for txid in journals:
-        with contextlib.suppress(FileNotFoundError):  # another process settled it
-            os.replace(
-                repo.internal / "journal" / f"{txid}.json",
-                repo.internal / "records" / f"{txid}.json",
-            )
-
-
-def recover(repo: DataRepository) -> None:
-    """Finish or roll back puts left by dead writers (called when a repository opens)."""
-    journal_dir = repo.internal / "journal"
-    staging_dir = repo.internal / "staging"
-    try:
-        pending = os.listdir(journal_dir)
-        staging = os.listdir(staging_dir)
-    except FileNotFoundError:
-        return
-    if not pending and not staging:
-        return
-    if not os.access(repo.internal, os.W_OK):
-        return  # a shared input we cannot write: its owner's next open recovers it
-    with repo.lock():
-        live = recover_locked(repo)
-        _remove_orphans(repo, live)
-
-
-def recover_locked(repo: DataRepository) -> set[str]:
-    """Settle the journals of dead writers; the caller holds ``repo.lock()``.
-
-    Returns the transactions left pending (a participant could not be reached).
-    """
-    journal_dir = repo.internal / "journal"
-    names = os.listdir(journal_dir)
-    live: set[str] = set()
-    with _unsettled_lock:
-        mine = set(_unsettled.get(repo.internal, ()))
-    for name in sorted(names):
-        if name.partition(".")[0] in mine:
-            continue  # applied by this process, settled with its batch
-        path = journal_dir / name
-        journal = load_journal(path)
-        if journal is None:  # cut short by a crash: that put never prepared here
-            txid = name.partition(".")[0]
-            for staged in staging_dir_entries(repo, txid):
-                staged.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
-            continue
-        txid = str(journal["txid"])
-        if repo.registry.has_transaction(txid):  # applied, waiting to settle: settle it
-            _settle(repo, {txid: _journal_dirs(repo, journal)})
-            continue
-        decision = _decide(repo, journal)
-        if decision == "commit":
-            log.warning("%s: rolling forward put %s left by a dead writer", repo.label, txid)
-            roll_forward(repo, journal)
-        elif decision == "abort":
-            log.warning("%s: rolling back put %s left by a dead writer", repo.label, txid)
-            for entry in _entries(journal):
-                (repo.internal / "staging" / entry["staging"]).unlink(missing_ok=True)
-            path.unlink()
-        else:
-            live.add(txid)
-            log.warning(
-                "%s: put %s names a participant that cannot be reached; it stays invisible "
-                "until 'butler repair' settles it",
-                repo.label,
-                txid,
-            )
-    return live
-
-
-def _decide(repo: DataRepository, journal: Mapping[str, object]) -> str:
-    txid = journal["txid"]
-    for participant in journal["participants"]:  # type: ignore[attr-defined]
-        other = Path(participant)
-        if other == repo.path:
-            continue
-        internal = other / ".butler"
-        if not internal.is_dir():
-            return "unknown"
-        if not (
-            load_journal(internal / "journal" / f"{txid}.json") is not None
-            or (internal / "records" / f"{txid}.json").exists()
-        ):
-            return "abort"
-    return "commit"
-
-
-def _entries(journal: Mapping[str, object]) -> list[dict[str, str]]:
-    files = journal["files"]
-    assert isinstance(files, list)
-    return files
-
-
-def load_journal(path: Path) -> dict[str, object] | None:
-    """A journal, or None if it is missing or was cut short (so never prepared)."""
-    try:
-        journal = json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
-        return None
-    return journal if isinstance(journal, dict) and "txid" in journal else None
-
-
-def staging_dir_entries(repo: DataRepository, txid: str) -> list[Path]:
-    staging_dir = repo.internal / "staging"
-    return [staging_dir / name for name in os.listdir(staging_dir) if name.startswith(txid + ".")]
-
-
-def _owner(repo: DataRepository) -> str:
-    """This process's owner tag in ``repo``, taking its lock on first use."""
-    with _owners_lock:
-        known = _owners.get(repo.internal)
-        if known is not None and known[0] == os.getpid():
-            return known[1]
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        fd = os.open(repo.internal / "staging" / f"owner-{tag}.lock", os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _owners[repo.internal] = (os.getpid(), tag, fd)
-        return tag
-
-
-def _release_owners() -> None:
-    for internal, (pid, tag, fd) in list(_owners.items()):
-        if pid == os.getpid():
-            (internal / "staging" / f"owner-{tag}.lock").unlink(missing_ok=True)
-            os.close(fd)
-
-
-atexit.register(_release_owners)
-atexit.register(lambda: settle_all())  # registered last, so it runs first
-
-
-def _owner_alive(repo: DataRepository, tag: str) -> bool:
-    try:
-        fd = os.open(repo.internal / "staging" / f"owner-{tag}.lock", os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _remove_orphans(repo: DataRepository, keep: set[str]) -> None:
-    """Remove staged files of dead processes that never prepared (no journal)."""
-    staging_dir = repo.internal / "staging"
-    alive: dict[str, bool] = {}
-    for name in os.listdir(staging_dir):
-        if name.startswith("owner-"):
-            tag = name[len("owner-") : -len(".lock")]
-            if not alive.setdefault(tag, _owner_alive(repo, tag)):
-                (staging_dir / name).unlink(missing_ok=True)
-            continue
-        txid, _, rest = name.partition(".")
-        tag = rest.partition(".")[0]
-        if txid in keep or alive.setdefault(tag, _owner_alive(repo, tag)):
-            continue
-        (staging_dir / name).unlink(missing_ok=True)
-
-
-def _write_journal(final: Path, journal: Mapping[str, object]) -> None:
-    # Written in place: a journal cut short by a crash does not parse, and recovery
-    # treats it as "not prepared", exactly like a missing one.
-    write_durably(final, json.dumps(journal).encode())
-    fsync_directory(final.parent)
-    _crash_point("journal")
-
-
-def write_durably(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def _remove_all(paths: Sequence[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-@contextlib.contextmanager
-def _locked(repos: Sequence[tuple[Path, DataRepository]]) -> Iterator[None]:
-    with contextlib.ExitStack() as stack:
-        for _, repo in repos:
-            stack.enter_context(repo.lock())
-        yield
-
-
-def remove(repo: DataRepository, dataset_type: str, data_id: Mapping[str, int | str]) -> bool:
-    """Hide the current version of a dataset in ``repo``; older versions stay readable.
-
-    The file leaves its template path for ``.butler/versions/v<N>/`` (so plain tools
-    agree with the registry) and a plain-text removal record is kept for rebuilds.
-    Returns False if ``repo`` holds no current version.
-    """
-    key = canonical_data_id(data_id)
-    with repo.lock():
-        rows = repo.registry.lookup(dataset_type, key)
-        if not rows:
-            return False
-        version = rows[0].version
-        # Order matters for a crash at any point: first a second name under versions/
-        # (harmless), then the record and the registry, last the template path goes.
-        touched: set[Path] = set()
-        for row in rows:
-            keep = repo.internal / "versions" / f"v{version}" / row.path
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError, FileNotFoundError):
-                os.link(repo.path / row.path, keep)
-            touched.add(keep.parent)
-        for directory in touched:
-            fsync_directory(directory)
-        txid = new_txid()
-        record = {
-            "txid": txid,
-            "removed": True,
-            "dataset_type": dataset_type,
-            "data_id": dict(data_id),
-            "version": version,
-            "committed": time.time(),
-        }
-        write_durably(repo.internal / "records" / f"{txid}.json", json.dumps(record).encode())
-        repo.registry.mark_removed(dataset_type, key)
-        repo.registry.sync()
-        for row in rows:
-            (repo.path / row.path).unlink(missing_ok=True)
-    return True
+__all__ = ["INLINE_LIMIT", "DataId", "Payload", "PlannedFile", "Target", "put", "remove"]

@@ -146,10 +146,15 @@ class View:
         self._by_depth = by_depth
         self._view_template = {name: d.primary.template.text for name, d in types.items()}
         self._stored: dict[tuple[str, str, int], str | None] = {}
-        self._members = self.resolver.search + [
-            m for m in self.resolver.outputs if m not in self.resolver.search
-        ]
         self.revision += 1  # last: what was listed with the old index has the old number
+
+    @property
+    def _members(self) -> list[Member]:
+        """Every repository that exists: search order, then write-only outputs (an output
+        not created yet shows nothing until its first write)."""
+        resolver = self.resolver
+        extra = [m for m in resolver.outputs if m not in resolver.search and m.exists]
+        return resolver.search + extra
 
     # -- questions about paths ------------------------------------------------
 
@@ -347,7 +352,10 @@ class View:
         """How ``member`` stores each dataset type (``Resolver.stored_definition``), its
         own first."""
         names = dict.fromkeys(
-            [*member.repo.policy.dataset_types, *self.resolver.policy.dataset_types]
+            [
+                *(member.own_policy.dataset_types if member.own_policy is not None else ()),
+                *self.resolver.policy.dataset_types,
+            ]
         )
         return [self.resolver.stored_definition(member, name)[0] for name in names]
 
@@ -499,7 +507,8 @@ class View:
         return self._stored[key]
 
     def _member(self, label: str, path: str) -> Member:
-        for member in self._members:
+        """The repository labelled ``label`` (an output not created yet included)."""
+        for member in self._members + [m for m in self.resolver.outputs if not m.exists]:
             if member.label == label:
                 return member
         raise _missing(path)
@@ -511,6 +520,8 @@ class View:
         member = self._member(label, path)
         if relative == "":
             return Node(path)
+        if not member.exists:
+            raise _missing(path)
         rows = member.repo.registry.lookup_path(relative)
         if rows:
             return Node.of_row(path, self.resolver, member, rows[0])
@@ -523,6 +534,10 @@ class View:
             return [Node(posixpath.join(REPOS, m.label)) for m in self._members]
         label, _, relative = rest.partition("/")
         member = self._member(label, path)
+        if not member.exists:
+            if relative:
+                raise _missing(path)
+            return []
         subdirs, rows = member.repo.registry.list_directory(relative, primary_only=False)
         nodes = {name: Node(posixpath.join(path, name)) for name in subdirs}
         for row in rows:

@@ -96,7 +96,7 @@ def check_mountpoint(mountpoint: str, butler: Butler) -> None:
     target = os.path.realpath(mountpoint)
     members = butler.resolver.search + butler.resolver.outputs
     for member in members:
-        repo = os.path.realpath(member.repo.path)
+        repo = os.path.realpath(member.path)
         if target == repo or target.startswith(repo + os.sep):
             raise StartupError(
                 f"mountpoint {mountpoint} is inside repository {member.label} ({repo}); "
@@ -119,7 +119,14 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         raise StartupError(f"cannot open {config.fsname}: {exc}") from None
     check_mountpoint(config.mountpoint, butler)
     outputs = butler.resolver.outputs
-    scratch = ScratchArea.for_output(outputs[0].repo.path if outputs else None)
+    if outputs and not config.read_only:
+        # A read-write mount keeps its drafts in its first output: made now if new.
+        try:
+            butler.resolver.ensure_output(outputs[0])
+        except (ButlerError, OSError) as exc:
+            raise StartupError(f"cannot create output {outputs[0].path}: {exc}") from None
+    first = outputs[0].path if outputs and outputs[0].exists else None
+    scratch = ScratchArea.for_output(first)
     for stale in scratch.remove_stale():
         log.info("removed the scratch directory %s of a dead mount", stale)
     inodes = InodeTable()

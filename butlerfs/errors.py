@@ -62,7 +62,7 @@ def errno_of(exc: BaseException) -> int:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
     if isinstance(exc, ButlerError):
-        return exc.errno
+        return exc.errno or errno.EIO
     if isinstance(exc, OSError):
         return exc.errno or errno.EIO
     return errno.EIO

@@ -492,7 +492,9 @@ class Tree:
             except ButlerError as exc:
                 # The library names the scratch file, which means nothing to the user.
                 reason = str(exc).replace(str(draft.file), f"the bytes written to /{target}")
-                raise refusal(exc.errno, f"/{target}: nothing was put: {reason}") from exc
+                raise refusal(
+                    exc.errno or errno.EIO, f"/{target}: nothing was put: {reason}"
+                ) from exc
         self._changed_here(target)
         for ref in refs:  # the same dataset in the other namespaces, before the poll sees it
             for each in _dataset_paths(ref.repository, ref.relative_path):
@@ -556,7 +558,7 @@ class Tree:
     async def statfs(self) -> os.statvfs_result:
         """The first output's filesystem (where writes go), else the first input's."""
         members = self.butler.resolver.outputs or self.butler.resolver.search
-        return await self.worker.run(os.statvfs, members[0].repo.path)
+        return await self.worker.run(os.statvfs, members[0].path)
 
     async def mkdir(self, path: str) -> Entry:
         self.check_writable(path)

@@ -1,6 +1,6 @@
 """verify and repair (butler.maintenance), in process, on real repositories in tmp_path.
 
-Half-done puts are made by a put whose apply step fails (a fake ``apply_journal``), the
+Half-done puts are made by a put whose apply step fails (an ``apply_put`` that raises), the
 state a writer leaves when it dies after the commit point; an unreachable participant
 is a repository moved away.
 """
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import errno
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from butler import Butler, TransactionError, transaction
+from butler.journal import PutEntry
 from butler.maintenance import repair, verify
 from butler.repository import DataRepository
 from tests.butler.conftest import (
@@ -157,16 +159,16 @@ def test_outputs_storing_differently_do_not_disagree(
 
 def half_done_put(monkeypatch: pytest.MonkeyPatch, outputs: list[Path], failing: set[Path]) -> None:
     """A put to ``outputs`` committed everywhere, applied only outside ``failing``."""
-    real = transaction.apply_journal
+    real = transaction.apply_put
 
-    def apply(repo: DataRepository, journal: Mapping[str, object]) -> None:
+    def apply(repo: DataRepository, entry: PutEntry, *args: Any, **kwargs: Any) -> None:
         if repo.path in failing:
             raise OSError(errno.EIO, "simulated crash before apply")
-        real(repo, journal)
+        real(repo, entry, *args, **kwargs)
 
     b = Butler(outputs=outputs)
     with monkeypatch.context() as patch:
-        patch.setattr(transaction, "apply_journal", apply)
+        patch.setattr(transaction, "apply_put", apply)
         with pytest.raises(TransactionError):
             b.put(make_image(7), "calexp", visit=1, ccd=1)
     b.close()

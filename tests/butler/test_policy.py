@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from butler import Butler, ConfigError, DataRepository, UnknownDatasetTypeError
@@ -115,7 +116,10 @@ def test_three_levels_repository_then_butler_then_command_line(tmp_path: Path) -
     effective = butler.resolver.policy
     assert effective.on_exists == "error"
     assert effective.dataset_type("calexp").primary.storage == "fits"
-    # The new output was created with the inputs' policy merged with the Butler's.
+    assert not (tmp_path / "out").exists()  # opening creates nothing
+    butler.put(np.ones(2), "calexp", visit=1, ccd=1)
+    # The new output was created at that first write with the inputs' policy merged
+    # with the Butler's.
     created = DataRepository(tmp_path / "out").policy
     assert created.dataset_type("calexp").primary.storage == "npy"
 
@@ -145,7 +149,7 @@ def test_nested_aggregator_files(tmp_path: Path) -> None:
     DataRepository.create(tmp_path / "raw", policy=BASE)
     inner = tmp_path / "inner.yaml"
     inner.write_text("butler: 1\ninputs: [raw]\noutputs: [{path: work, mode: rw}]\n")
-    Butler(inner)  # creates the output "work" with "raw" as its parent
+    Butler(inner).define("icExp", genre="exposure")  # a first write creates "work"
     outer = tmp_path / "outer.yaml"
     outer.write_text("butler: 1\ninputs: [inner.yaml]\noutputs: [final]\n")
     butler = Butler(outer)

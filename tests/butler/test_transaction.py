@@ -120,9 +120,10 @@ def test_a_journal_naming_a_vanished_participant_stays_invisible(tmp_path: Path)
     crash_at("journal#1", first, second)
     # The crash left A prepared and B not; now B's whole repository is gone.
     journal = next((first / ".butler" / "journal").iterdir())
-    record = json.loads(journal.read_text())
+    header, _, payload = journal.read_bytes().partition(b"\n")
+    record = json.loads(header)
     record["participants"] = [str(first), str(tmp_path / "vanished")]
-    journal.write_text(json.dumps(record))
+    journal.write_bytes(json.dumps(record).encode() + b"\n" + payload)
     butler = Butler(first)
     assert butler.get("info", visit=7) == {"value": "old"}
     assert [p.name for p in (first / ".butler" / "journal").iterdir()] == [journal.name]
