@@ -156,15 +156,20 @@ class Root:
             return None  # EAGAIN: not all cached; anything else: the slow path says it
 
     @contextlib.contextmanager
-    def directory(self, relative: str, create: bool = False) -> Iterator[int]:
-        """An fd on the directory ``relative`` ("" for the root), made first if ``create``."""
-        fd = self.open_directory(relative, create)
+    def directory(
+        self, relative: str, create: bool = False, made: list[str] | None = None
+    ) -> Iterator[int]:
+        """An fd on the directory ``relative`` ("" for the root), made first if ``create``
+        (each directory made is appended to ``made``, parents first)."""
+        fd = self.open_directory(relative, create, made)
         try:
             yield fd
         finally:
             os.close(fd)
 
-    def open_directory(self, relative: str, create: bool = False) -> int:
+    def open_directory(
+        self, relative: str, create: bool = False, made: list[str] | None = None
+    ) -> int:
         flags = os.O_RDONLY | os.O_DIRECTORY
         if relative == "":
             return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.fd)
@@ -179,8 +184,13 @@ class Root:
         try:
             for part in _components(relative):
                 done.append(part)
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                else:
+                    if made is not None:
+                        made.append("/".join(done))
                 try:
                     child = os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 except OSError as exc:
@@ -256,6 +266,11 @@ class Root:
     def rename(self, source: str, destination: str) -> None:
         with self.parent(source) as (src_fd, src_name), self.parent(destination) as (fd, name):
             os.rename(src_name, name, src_dir_fd=src_fd, dst_dir_fd=fd)
+
+    def rmdir(self, relative: str) -> None:
+        """Remove an empty directory (nothing if it is gone or holds something)."""
+        with contextlib.suppress(FileNotFoundError, OSError), self.parent(relative) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
 
     def unlink(self, relative: str, missing_ok: bool = True) -> None:
         try:

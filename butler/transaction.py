@@ -114,6 +114,7 @@ class _Prepared:
     entry: PutEntry | RemovalEntry
     writer: RegistryWriter
     inline: dict[int, bytes] = field(default_factory=dict)
+    made: list[str] = field(default_factory=list)  # directories made: removed if undone
 
 
 def put(
@@ -311,42 +312,44 @@ def prepare_put(
         if p.entry.dataset_type == entry.dataset_type and p.entry.data_id == entry.data_id
     ]
     version = max([writer.max_version(entry.dataset_type, key), *taken]) + 1
-    for record in entry.files:
-        kept = layout.version_file(version, record.path)
-        if repo.root.exists(kept):
-            raise RegistryDamagedError(
-                f"version {version} of {entry.dataset_type} {entry.data_id} already exists "
-                f"({repo.root.absolute(kept)}) but the registry of {repo.label} does not "
-                f"know it: the registry is behind the records; run 'butler reindex "
-                f"{repo.path}'",
-                errno=errno.EEXIST,
-            )
-        _check_replaceable(repo, record.path)
-        _probe_directory(repo, record.path.rpartition("/")[0], record.staged)
-        _probe_directory(repo, kept.rpartition("/")[0], record.staged)
-    paths = {record.path for record in entry.files}
-    stale = tuple(sorted({row.path for row in current} - paths))
-    for path in stale:
-        _check_replaceable(repo, path)
+    made: list[str] = []
     config_staged = ""
-    if target.definitions:
-        config = repo.config_with(target.definitions)
-        if config is not None:
-            config_staged = layout.staged_name(entry.txid, repo.locks.owner(), len(entry.files))
-            repo.stage_config(config, config_staged)
-    entry = replace(entry, version=version, stale_paths=stale, config_staged=config_staged)
     try:
+        for record in entry.files:
+            kept = layout.version_file(version, record.path)
+            if repo.root.exists(kept):
+                raise RegistryDamagedError(
+                    f"version {version} of {entry.dataset_type} {entry.data_id} already "
+                    f"exists ({repo.root.absolute(kept)}) but the registry of {repo.label} "
+                    "does not know it: the registry is behind the records; run 'butler "
+                    f"reindex {repo.path}'",
+                    errno=errno.EEXIST,
+                )
+            _check_replaceable(repo, record.path)
+            _probe_directory(repo, record.path.rpartition("/")[0], record.staged, made)
+            _probe_directory(repo, kept.rpartition("/")[0], record.staged, made)
+        paths = {record.path for record in entry.files}
+        stale = tuple(sorted({row.path for row in current} - paths))
+        for path in stale:
+            _check_replaceable(repo, path)
+        if target.definitions:
+            config = repo.config_with(target.definitions)
+            if config is not None:
+                config_staged = layout.staged_name(entry.txid, repo.locks.owner(), len(entry.files))
+                repo.stage_config(config, config_staged)
+        entry = replace(entry, version=version, stale_paths=stale, config_staged=config_staged)
         writer.add(entry)  # proves the rows fit (a writable registry, a page on the disk)
     except BaseException:
         if config_staged:
             repo.root.unlink(layout.staged(config_staged))
+        _remove_directories(repo, made)
         raise
     inline = {
         index: payloads[record.storage].data
         for index, record in enumerate(entry.files)
         if record.size <= INLINE_LIMIT and payloads[record.storage].data is not None
     }
-    return _Prepared(repo, entry, writer, inline)  # type: ignore[arg-type]
+    return _Prepared(repo, entry, writer, inline, made)  # type: ignore[arg-type]
 
 
 def _check_replaceable(repo: DataRepository, path: str) -> None:
@@ -369,11 +372,13 @@ def _check_replaceable(repo: DataRepository, path: str) -> None:
         )
 
 
-def _probe_directory(repo: DataRepository, directory: str, staged: str | None) -> None:
+def _probe_directory(
+    repo: DataRepository, directory: str, staged: str | None, made: list[str] | None = None
+) -> None:
     """Make ``directory`` (never through a link) and prove an entry can be made in it:
     a link of the staged file, removed at once (it fails as apply's rename would: a
     read-only or immutable directory, another mount, no permission, no space)."""
-    with repo.root.directory(directory, create=True) as fd:
+    with repo.root.directory(directory, create=True, made=made) as fd:
         if staged is None:
             if not os.access(".", os.W_OK, dir_fd=fd, effective_ids=True):
                 raise PermissionError(errno.EACCES, "directory not writable", directory)
@@ -452,6 +457,14 @@ def _discard(
             paths.append((item.repo, layout.staged(item.entry.config_staged)))
     paths += [(repo, layout.staged(name)) for repo, name, _ in staged]
     _unlink_all(paths)
+    for item in prepared:
+        _remove_directories(item.repo, item.made)
+
+
+def _remove_directories(repo: DataRepository, made: Sequence[str]) -> None:
+    """Directories a prepare made, deepest first (those still empty)."""
+    for directory in reversed(made):
+        repo.root.rmdir(directory)
 
 
 def _unlink_all(paths: Iterable[tuple[DataRepository, str]]) -> None:
