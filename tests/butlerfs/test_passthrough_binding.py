@@ -42,7 +42,7 @@ PF_EXITING = 0x4  # include/linux/sched.h: the task is exiting (flags, field 9 o
 IN_CI = os.environ.get("CI") == "true"
 
 DAEMON = r"""
-import errno, json, os, stat, sys
+import errno, json, os, signal, stat, sys
 
 import pyfuse3
 import trio
@@ -79,6 +79,7 @@ class OneFile(pyfuse3.Operations):
             "granted": None, "opens": 0, "passthrough_opens": 0, "open_errors": [],
             "reads": 0, "releases": 0, "ids_opened": [], "ids_closed": [],
             "ids_unknown_after_close": 0, "live_ids": 0, "flushes": [], "exited": False,
+            "unmounted_itself": None,
         }
 
     def save(self):
@@ -182,18 +183,42 @@ class OneFile(pyfuse3.Operations):
         self.save()
 
 
+def mounted(mountpoint):
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split()[1] == mountpoint for line in mounts)
+
+
+async def serve(terminated):
+    async def on_sigterm():
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                terminated.append(True)
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(on_sigterm)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
 def main():
     mountpoint, backing, stats_path, mode, extra = sys.argv[1:6]
     operations = OneFile(backing, stats_path, mode)
     options = set(pyfuse3.default_options) | {"fsname=passthrough-test"}
     options |= set(filter(None, extra.split(",")))
     pyfuse3.init(operations, mountpoint, options)
+    terminated = []
     try:
-        trio.run(pyfuse3.main)
+        trio.run(serve, terminated)
     except BaseException:
         pyfuse3.close(unmount=True)
         raise
-    pyfuse3.close(unmount=False)
+    # Unmounted from outside, or SIGTERM: then unmount here (libfuse runs
+    # fusermount3 --unmount for a daemon that is not root).
+    pyfuse3.close(unmount=bool(terminated))
+    if terminated:
+        operations.stats["unmounted_itself"] = not mounted(mountpoint)
     operations.stats["exited"] = True
     operations.save()
 
@@ -328,6 +353,15 @@ class Daemon:
         assert self.process is not None
         enter = [] if self.user is None else ["nsenter", f"--target={self.process.pid}", "--mount"]
         subprocess.run([*enter, "umount", *flags, str(self.mountpoint)], check=not flags)
+
+    def terminate(self) -> None:
+        """SIGTERM: the daemon unmounts and exits by itself (``stop`` then checks it)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the test daemon did not exit on SIGTERM:\n{self.log()}")
 
     def stop(self) -> None:
         """Unmount, and check that the daemon exited cleanly and released every id."""
@@ -520,3 +554,7 @@ def test_a_daemon_without_cap_sys_admin_falls_back_to_read(start_daemon: DaemonF
     assert stats["open_errors"] and set(stats["open_errors"]) == {errno.EPERM}
     assert stats["passthrough_opens"] == 0
     assert stats["reads"] > 0
+    # On SIGTERM the daemon unmounts itself: libfuse 3.17 runs the system's
+    # fusermount3 --unmount --quiet --lazy, which 3.14 understands.
+    daemon.terminate()
+    assert daemon.stats()["unmounted_itself"] is True
