@@ -538,6 +538,8 @@ def test_without_the_capability_files_are_served_through_read(
     assert stats["passthrough_opens"] == 0
     assert stats["reads"] > 0
     assert stats["ids_opened"] == []
+    if mode == "writeback":  # the patched pyfuse3 says why it did not ask
+        assert "together with the writeback cache" in daemon.log()
 
 
 def test_a_daemon_without_cap_sys_admin_falls_back_to_read(start_daemon: DaemonFactory) -> None:
