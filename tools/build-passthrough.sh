@@ -11,9 +11,10 @@
 # build trees and the wheel are cached in build/passthrough/ (gitignored), so a rerun
 # with nothing changed only checks, and a fresh venv reinstalls from the cache.
 #
-# When the build fails: under CI=true this script fails; elsewhere it keeps PyPI's
-# pyfuse3 (installed by `pip install -e .`), prints one line saying why passthrough
-# is unavailable, and exits 0. Logs are in build/passthrough/logs/.
+# When the build fails: under CI=true this script fails; elsewhere it leaves a working
+# PyPI pyfuse3 (the one installed, or a fresh one; else `pip install -e .` brings it),
+# prints one line saying why passthrough is unavailable, and exits 0. Logs are in
+# build/passthrough/logs/.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,7 +35,8 @@ FUSE3_FILES=(
     "fuse3_3.17.2.orig.tar.gz 3d932431ad94e86179e5265cddde1d67aa3bb2fb09a5bd35c641f86f2b5ed06f"
     "fuse3_3.17.2-3.debian.tar.xz eaf7a177761ae8bf99ea97619f2cccf83f169b4f000e17b6106834e69456b5a2"
 )
-# pyfuse3: the sdist on PyPI (same release as the venv's PyPI wheel).
+# pyfuse3: its sdist on PyPI (PyPI has no wheel of it; pip builds this same sdist
+# when the patched build is unavailable).
 PYFUSE3_VERSION=3.5.0
 PYFUSE3_SDIST=pyfuse3-3.5.0.tar.gz
 PYFUSE3_SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
