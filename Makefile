@@ -4,9 +4,10 @@
 PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# systemd only for systemd-analyze (tests check the unit files), strace for benchmarks.
+# systemd only for systemd-analyze (tests check the unit files), strace for benchmarks,
+# dpkg-dev for tools/build-passthrough.sh (apt-get source, dpkg-source).
 SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr \
-	systemd strace
+	systemd strace dpkg-dev
 
 .PHONY: all setup system venv test lint typecheck pytest demo bench install clean
 
@@ -24,16 +25,17 @@ system:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml tools/build-passthrough.sh patches/pyfuse3-passthrough.patch
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	tools/build-passthrough.sh $(VENV)  # patched pyfuse3 + libfuse 3.17: docs/passthrough.md
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	bash -n mount/install.sh mount/uninstall.sh mount/layout.sh
+	bash -n mount/install.sh mount/uninstall.sh mount/layout.sh tools/build-passthrough.sh
 
 typecheck: setup
 	$(VENV)/bin/mypy
