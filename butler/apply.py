@@ -88,6 +88,24 @@ def with_reserve(root: Root, step: Callable[[], T]) -> T:
         raise
 
 
+def commit(repo: DataRepository, writer: RegistryWriter, entry: PutEntry | RemovalEntry) -> None:
+    """Commit ``writer`` (holding ``entry``'s rows).  If the disk is full, SQLite may
+    have rolled the transaction back: release the reserve and record the entry again."""
+    try:
+        writer.commit()
+        return
+    except RepositoryError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+    repo.root.unlink(layout.RESERVE)
+    with repo.registry.writer() as again:
+        if isinstance(entry, RemovalEntry):
+            again.remove(entry)
+        else:
+            again.add(entry)
+        again.commit()
+
+
 def apply_put(
     repo: DataRepository,
     entry: PutEntry,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from butler import layout
-from butler.apply import apply_put, apply_removal, with_reserve
+from butler.apply import apply_put, apply_removal, commit
 from butler.errors import ButlerError, reason_of
 from butler.journal import Entry, PutEntry, RemovalEntry, TornEntryError, decode
 from butler.locks import sweep_owner_files
@@ -197,7 +197,7 @@ def roll_forward(repo: DataRepository, entry: Entry, data: bytes) -> None:
         else:
             newest = writer.max_version(entry.dataset_type, canonical_data_id(entry.data_id))
             apply_put(repo, entry, writer, newest=newest < entry.version, journal_bytes=data)
-        with_reserve(repo.root, writer.commit)
+        commit(repo, writer, entry)
 
 
 def roll_back(repo: DataRepository, entry: Entry) -> None:

@@ -159,10 +159,20 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
+def _disk_full(path: Path) -> bool:
+    """No free blocks or inodes where ``path`` lives (SQLite cannot say so itself: it
+    answers "unable to open" or "disk I/O error" when it cannot make its -wal/-shm)."""
+    try:
+        found = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return found.f_bavail == 0 or (found.f_files > 0 and found.f_favail == 0)
+
+
 def registry_error(exc: sqlite3.Error, path: Path, doing: str) -> RepositoryError:
     """A ButlerError for an SQLite failure: the errno that says why, and what to do."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    if code == _SQLITE_FULL:
+    if code == _SQLITE_FULL or (code in (_SQLITE_CANTOPEN, _SQLITE_IOERR) and _disk_full(path)):
         return RepositoryError(
             f"registry {path} could not {doing}: the disk is full; free space and retry",
             errno=errno.ENOSPC,

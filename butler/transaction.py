@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from butler import faults, layout
-from butler.apply import apply_put, apply_removal, ensure_reserve, with_reserve
+from butler.apply import apply_put, apply_removal, commit, ensure_reserve
 from butler.durable import COPY_CHUNK, fsync_directory, write_all, write_new
 from butler.errors import (
     ButlerError,
@@ -132,19 +132,18 @@ def put(
         for target in targets
         for index, planned in enumerate(target.files)
     ]
-    failure = _first_failure(
-        _each(lambda item: _stage(item[0], item[1], payloads[item[2].storage]), staged)
-    )
+    results = _each(lambda item: _stage(item[0], item[1], payloads[item[2].storage]), staged)
+    failure = _first_failure(results, [repo for repo, _, _ in staged])
     if failure is None:  # a large staged file's name must survive too: recovery reads it
-        large = {
-            repo.path: repo for repo, _, p in staged if payloads[p.storage].size > INLINE_LIMIT
-        }
-        failure = _first_failure(
-            _each(lambda repo: fsync_directory(repo.root, layout.STAGING), large.values())
-        )
+        large = list(
+            {repo.path: repo for repo, _, p in staged if payloads[p.storage].size > INLINE_LIMIT}
+            .values()
+        )  # fmt: skip
+        results = _each(lambda repo: fsync_directory(repo.root, layout.STAGING), large)
+        failure = _first_failure(results, large)
     if failure is not None:
         _unlink_all((repo, layout.staged(name)) for repo, name, _ in staged)
-        raise _failed(failure, f"put of {what} failed while writing")
+        raise _failed(*failure, f"put of {what} failed while writing")
     faults.crash_point("staged")
 
     participants = tuple(str(target.repo.path) for target in targets)
@@ -157,11 +156,15 @@ def put(
             for target in targets:
                 entry = _entry(target, txid, dataset_type, data_id, payloads, provenance)
                 entry = replace(entry, participants=participants, committed=committed)
-                prepared.append(prepare_put(stack, target, entry, payloads))
-        except BaseException as exc:
+                try:
+                    prepared.append(prepare_put(stack, target, entry, payloads))
+                except Exception as exc:
+                    failed = _failed(exc, target.repo, f"put of {what} failed while preparing")
+                    if failed is exc:
+                        raise
+                    raise failed from exc
+        except BaseException:
             _discard(prepared, staged)
-            if isinstance(exc, Exception):
-                raise _failed(exc, f"put of {what} failed while preparing") from exc
             raise
         _commit_point(prepared, staged, what)
         return [p.entry for p in _apply_all(prepared, what)]  # type: ignore[misc]
@@ -179,6 +182,7 @@ def remove(
         for repo in sorted({r.path: r for r in repos}.values(), key=lambda r: r.path):
             stack.enter_context(repo.locks.repository())
         holding = []
+        repo = repos[0]
         try:
             for repo in repos:
                 recover_locked(repo)
@@ -205,10 +209,11 @@ def remove(
                 ensure_reserve(repo.root)
                 writer.remove(entry)
                 prepared.append(_Prepared(repo, entry, writer))
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                raise _failed(exc, f"{what} failed while preparing") from exc
-            raise
+        except Exception as exc:
+            failed = _failed(exc, repo, f"{what} failed while preparing")
+            if failed is exc:
+                raise
+            raise failed from exc
         if not prepared:
             return []
         _commit_point(prepared, [], what)
@@ -384,8 +389,11 @@ def _probe_directory(
                 raise PermissionError(errno.EACCES, "directory not writable", directory)
             return
         probe = f".butler-probe.{staged}"
-        with repo.root.directory(layout.STAGING) as staging:
-            os.link(staged, probe, src_dir_fd=staging, dst_dir_fd=fd, follow_symlinks=False)
+        try:
+            with repo.root.directory(layout.STAGING) as staging:
+                os.link(staged, probe, src_dir_fd=staging, dst_dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, repo.root.absolute(directory)) from None
         os.unlink(probe, dir_fd=fd)
 
 
@@ -407,10 +415,10 @@ def _commit_point(
             raise
         faults.crash_point("journal")
 
-    failure = _first_failure(_each(write, prepared))
+    failure = _first_failure(_each(write, prepared), [item.repo for item in prepared])
     if failure is not None:
         _discard(prepared, staged)
-        raise _failed(failure, f"{what} failed while preparing")
+        raise _failed(*failure, f"{what} failed while preparing")
     faults.crash_point("prepared")
 
 
@@ -422,7 +430,7 @@ def _apply_all(prepared: Sequence[_Prepared], what: str) -> list[_Prepared]:
             apply_removal(item.repo, item.entry, item.writer)
         else:
             apply_put(item.repo, item.entry, item.writer, newest=True)
-        with_reserve(item.repo.root, item.writer.commit)
+        commit(item.repo, item.writer, item.entry)
         faults.crash_point("applied")
 
     results = _each(apply, prepared)
@@ -478,8 +486,9 @@ def _errno_of(exc: BaseException) -> int:
     return number if isinstance(number, int) else errno.EIO
 
 
-def _failed(exc: BaseException, doing: str) -> BaseException:
-    """The error to raise for a failure before the commit point (nothing was changed)."""
+def _failed(exc: BaseException, repo: DataRepository, doing: str) -> BaseException:
+    """The error to raise for a failure in ``repo`` before the commit point (nothing was
+    changed anywhere)."""
     if isinstance(exc, ButlerError) and (
         not isinstance(exc, RepositoryError | TransactionError)
         or isinstance(exc, RegistryDamagedError)
@@ -495,8 +504,8 @@ def _failed(exc: BaseException, doing: str) -> BaseException:
     }
     number = _errno_of(exc)
     return TransactionError(
-        f"{doing} ({reason_of(exc)}); no output was changed; "
-        f"{advice.get(number, 'fix the output, then retry')}",
+        f"{doing} in output {repo.label} ({repo.path}): {reason_of(exc)}; no output was "
+        f"changed; {advice.get(number, 'fix the output, then retry')}",
         errno=number,
     )
 
@@ -526,8 +535,14 @@ def _call(function: Callable[[T], object], item: T) -> object:
         return exc
 
 
-def _first_failure(results: Iterable[object]) -> BaseException | None:
-    return next((r for r in results if isinstance(r, BaseException)), None)
+def _first_failure(
+    results: Sequence[object], repos: Sequence[DataRepository]
+) -> tuple[BaseException, DataRepository] | None:
+    """The first exception among ``results`` and the repository it came from."""
+    for result, repo in zip(results, repos, strict=True):
+        if isinstance(result, BaseException):
+            return result, repo
+    return None
 
 
 __all__ = ["INLINE_LIMIT", "DataId", "Payload", "PlannedFile", "Target", "put", "remove"]
