@@ -26,6 +26,7 @@ from butler.errors import (
     ConfigError,
     DatasetNotFoundError,
     FormatError,
+    Hint,
     InvalidDataIdError,
     NoOutputError,
     RepositoryError,
@@ -76,7 +77,8 @@ class Butler:
             else:
                 raise RepositoryError(
                     f"{path} is neither a repository (no butler.yaml) nor an aggregator file "
-                    "(.yaml); create a repository with 'butler create' first"
+                    "(.yaml)",
+                    hint=Hint("create", {"path": str(path)}),
                 )
         else:
             if not inputs and not outputs:

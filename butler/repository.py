@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from butler import yamlio
-from butler.errors import ConfigError, RepositoryError
+from butler.errors import ConfigError, Hint, RepositoryError
 from butler.policy import DatasetTypeDef, Policy
 from butler.registry import Registry, Row
 
@@ -42,8 +42,8 @@ class DataRepository:
         config_path = self.path / CONFIG_NAME
         if not config_path.is_file():
             raise RepositoryError(
-                f"{self.path} is not a butler repository (no {CONFIG_NAME}); "
-                "create one with 'butler create PATH' or DataRepository.create(path)"
+                f"{self.path} is not a butler repository (no {CONFIG_NAME})",
+                hint=Hint("create", {"path": str(self.path)}),
             )
         self._load_config(config_path)
         self._registry: Registry | None = None

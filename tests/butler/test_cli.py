@@ -26,6 +26,7 @@ from tests.butler.conftest import (
 COMMANDS = [
     "create",
     "define",
+    "types",
     "put",
     "get",
     "query",
@@ -180,8 +181,9 @@ def test_create_define_put_query_get_versions_provenance(tmp_path: Path) -> None
     assert out.read_bytes() == second.read_bytes()
     butler("get", work, "icExp", "ccd=3", "visit=5", "version=1", "-o", out)
     assert out.read_bytes() == first.read_bytes()
-    butler("get", work, "icExp", "visit=5", "ccd=3", "repositoryLabel=mine", "-o", tmp_path)
-    assert (tmp_path / "icExp-v0000005-c003.fits").read_bytes() == second.read_bytes()
+    named = tmp_path / "icExp-v0000005-c003.fits"
+    butler("get", work, "icExp", "visit=5", "ccd=3", "repositoryLabel=mine", "-o", named)
+    assert named.read_bytes() == second.read_bytes()
     to_stdout = subprocess.run(
         butler_command("get", str(work), "icExp", "visit=5", "ccd=3", "-o", "-"),
         env=subprocess_env(),
@@ -332,7 +334,7 @@ def test_verify_finds_corrupt_and_missing_files_and_repair_restores_them(
     found = sorted((p["kind"], p["repository"], p["version"]) for p in report["problems"])
     assert found == [("corrupt", "A", 2), ("missing", "B", 1)]
     human = butler("verify", aggregator, status=1).stdout
-    assert "corrupt:" in human and "missing:" in human and "2 problem(s)" in human
+    assert "corrupt:" in human and "missing:" in human and "2 problems" in human
     butler("verify", b, status=1)  # one repository alone
     butler("verify", a, status=1)
 
