@@ -70,7 +70,7 @@ class Butler:
                 raise ConfigError("give either a source or inputs/outputs, not both")
             path = Path(source).expanduser().resolve()
             if is_repository(path):
-                spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy)
+                spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy, source=str(path))
             elif is_aggregator_file(path):
                 spec = load_aggregator(path)
                 spec = dataclasses.replace(spec, policy=merge(spec.policy, policy))

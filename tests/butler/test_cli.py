@@ -120,6 +120,25 @@ def test_help_is_fast_and_imports_nothing_heavy() -> None:
     assert not heavy, f"butler --help imports {heavy}"
 
 
+def test_put_of_an_image_imports_no_astropy(tmp_path: Path, make_repo: MakeRepo) -> None:
+    """A plain FITS image is checked without astropy: its import is most of a one-file put."""
+    repo = make_repo("A")
+    image = fits_file(tmp_path / "image.fits", 1)
+    timing = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "butler", "put", str(repo), "calexp"]
+        + [str(image), "visit=1", "ccd=1"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    imported = {line.split("|")[-1].strip() for line in timing.stderr.splitlines()}
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("astropy", "numpy", "h5py"))
+    assert not heavy, f"butler put imports {heavy[:5]}"
+    assert (repo / exposure_path("calexp", 1, 1)).read_bytes() == image.read_bytes()
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command: str) -> None:
     done = butler(command, "-h")
