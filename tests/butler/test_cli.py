@@ -124,9 +124,9 @@ def test_put_of_an_image_imports_no_astropy(tmp_path: Path, make_repo: MakeRepo)
     """A plain FITS image is checked without astropy: its import is most of a one-file put."""
     repo = make_repo("A")
     image = fits_file(tmp_path / "image.fits", 1)
+    command = ["put", str(repo), "calexp", str(image), "visit=1", "ccd=1"]
     timing = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "butler", "put", str(repo), "calexp"]
-        + [str(image), "visit=1", "ccd=1"],
+        [sys.executable, "-X", "importtime", "-m", "butler", *command],
         env=subprocess_env(),
         capture_output=True,
         text=True,
