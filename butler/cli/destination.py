@@ -17,6 +17,7 @@ taken back, so the file is checked against its checksum before the first byte is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -139,7 +140,11 @@ def _replace_file(ref: DatasetRef, path: str) -> None:
         else:
             if not stat.S_ISREG(before.st_mode):  # something else appeared meanwhile
                 raise CommandError(f"{path} is no longer a regular file; nothing was written")
-            os.chmod(temporary, stat.S_IMODE(before.st_mode))  # as cp keeps the target's
+            # Keep what cp would keep of the file it writes over: its permissions and,
+            # where this process may set it (root), its owner.
+            os.chmod(temporary, stat.S_IMODE(before.st_mode))
+            with contextlib.suppress(PermissionError):
+                os.chown(temporary, before.st_uid, before.st_gid)
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)

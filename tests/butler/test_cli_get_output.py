@@ -41,16 +41,20 @@ def test_a_new_file(tmp_path: Path, stored: tuple[Path, bytes]) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "in", "out.fits"]  # no temporary
 
 
-def test_a_regular_file_is_replaced_keeping_its_mode(
+def test_a_regular_file_is_replaced_keeping_mode_and_owner(
     tmp_path: Path, stored: tuple[Path, bytes]
 ) -> None:
     repo, data = stored
     out = tmp_path / "out.fits"
     out.write_bytes(b"old contents")
     out.chmod(0o600)
+    owner = (os.getuid() or 1234, os.getgid() or 1234)  # as root, someone else's file
+    if os.geteuid() == 0:
+        os.chown(out, *owner)
     get(repo, out)
     assert out.read_bytes() == data
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert (out.stat().st_uid, out.stat().st_gid) == owner
 
 
 def test_through_a_symbolic_link_its_target_is_replaced(
