@@ -92,6 +92,13 @@ def _put_jobs(
     from butler.registry import canonical_data_id
     from butler.template import coerce_data_id
 
+    reserved = [key for key in ("version", "repositoryLabel") if key in pairs]
+    if reserved:
+        raise CommandError(
+            f"put takes no {' or '.join(f'{key}=' for key in reserved)}: versions are "
+            "numbered by the butler and a put goes to every output that accepts the type; "
+            "leave them out"
+        )
     definition = butler.definition(dataset_type)
     example = " ".join(f"{key}=..." for key in definition.keys)
     jobs: list[tuple[str, dict[str, object]]] = []

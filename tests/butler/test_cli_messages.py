@@ -74,6 +74,10 @@ CASES = [
     ),
     (["get", "{repo}", "calexp", "vist=1", "ccd=1", "-o", "-"], ["did you mean visit?"]),
     (["put", "{repo}", "calexp", "{image}", "visit=1"], ["data ID visit=1 is missing key ccd;"]),
+    (
+        ["put", "{repo}", "calexp", "{image}", "visit=1", "ccd=1", "version=3"],
+        ["put takes no version=", "versions are numbered by the butler"],
+    ),
     (["get", "{repo}", "calexp", "visit=1", "-o", "-"], ["visit=1 matches 2 datasets"]),
     (
         ["put", "{repo}", "calexp", "{notes}", "visit=1", "ccd=3"],
