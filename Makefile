@@ -40,8 +40,9 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
+# One line per test file as it runs (3-4 minutes in all), then the ten slowest tests.
 pytest: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest --durations=10 --durations-min=1
 
 test: lint typecheck pytest
 

@@ -29,6 +29,7 @@ from butler.errors import (
     ConfigError,
     DatasetNotFoundError,
     FormatError,
+    Hint,
     InvalidDataIdError,
     NoOutputError,
     RepositoryError,
@@ -72,14 +73,15 @@ class Butler:
                 raise ConfigError("give either a source or inputs/outputs, not both")
             path = Path(source).expanduser().resolve()
             if is_repository(path):
-                spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy)
+                spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy, source=str(path))
             elif is_aggregator_file(path):
                 spec = load_aggregator(path)
                 spec = dataclasses.replace(spec, policy=merge(spec.policy, policy))
             else:
                 raise RepositoryError(
                     f"{path} is neither a repository (no butler.yaml) nor an aggregator file "
-                    "(.yaml); create a repository with 'butler create' first"
+                    "(.yaml)",
+                    hint=Hint("create", {"path": str(path)}),
                 )
         else:
             if not inputs and not outputs:

@@ -117,7 +117,7 @@ def tour(aggregator: Path) -> None:
     try:
         butler.get("raw", visit=903334)
     except LookupError as exc:
-        print(f"partial data ID: {type(exc).__name__}: {str(exc)[:90]}...")
+        print(f"partial data ID: {type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,16 +27,50 @@ Every error has an ``errno``: what a filesystem front end answers with.  It is
 the instance's own when one was given (``TransactionError("...",
 errno=errno.ENOSPC)``, or ``RepositoryError(errno.ENOSPC, "full")`` in the
 OSError style), else the class's ``default_errno``.
+
+A message names what was wrong in terms every interface shares (dataset types,
+data IDs, repositories, policy keys).  What to do next often depends on the
+interface: a Python caller calls ``Butler.define``, a shell user runs ``butler
+define``.  Such advice travels as a `Hint`, an action with its values; ``str()``
+phrases it for Python (`LIBRARY_HINTS`) and the command line phrases it its own
+way (``butler/cli/messages.py``).  Raise ``ButlerError(problem, hint=Hint(...))``
+rather than writing a Python call or a command into the message.
 """
 
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 
+@dataclass(frozen=True)
+class Hint:
+    """What to do next, as an action (a key of `LIBRARY_HINTS`) and the values it names."""
+
+    action: str
+    values: Mapping[str, str] = field(default_factory=dict)
+
+
+#: How the library phrases each hint; every front end has a table with the same keys.
+LIBRARY_HINTS: Mapping[str, str] = {
+    "create": "create it with DataRepository.create({path!r}) (or 'butler create' in a shell)",
+    "define": "define it first, e.g. Butler.define({name!r}, genre=...)",
+    "query": "list what there is with Butler.query({dataset_type!r}, ...)",
+    "register_format": (
+        "fix the name, or register the format with "
+        "butler.formats.register_format(name, 'package.module:ClassName')"
+    ),
+}
+
+
 class ButlerError(Exception):
-    """Root of every error raised by the butler."""
+    """Root of every error raised by the butler.
+
+    ``str(error)`` is the problem and, if the error carries a `Hint`, the library's
+    phrasing of it; ``error.problem`` is the problem alone, for a front end to add its own.
+    """
 
     #: The errno a filesystem front end answers with, unless the instance has its own.
     default_errno: ClassVar[int] = _errno.EIO
@@ -44,12 +78,27 @@ class ButlerError(Exception):
     #: class value would hide the instance's own, as ``OSError(ENOSPC, "full")`` sets it).
     errno: int | None
 
-    def __init__(self, *args: object, errno: int | None = None) -> None:
+    def __init__(self, *args: object, errno: int | None = None, hint: Hint | None = None) -> None:
         super().__init__(*args)
         if errno is not None:
             self.errno = errno
         elif not isinstance(getattr(self, "errno", None), int):
             self.errno = type(self).default_errno
+        self.hint = hint
+
+    @property
+    def problem(self) -> str:
+        """The message without the hint."""
+        return super().__str__()
+
+    def phrased(self, hints: Mapping[str, str]) -> str:
+        """The problem followed by the hint, phrased by ``hints`` (an interface's table)."""
+        if self.hint is None:
+            return self.problem
+        return f"{self.problem}; {hints[self.hint.action].format_map(self.hint.values)}"
+
+    def __str__(self) -> str:
+        return self.phrased(LIBRARY_HINTS)
 
 
 class ConfigError(ButlerError, ValueError):
@@ -79,8 +128,10 @@ class DatasetNotFoundError(ButlerError, LookupError):
 class AmbiguousDataIdError(ButlerError, LookupError):
     default_errno = _errno.ENOENT
 
-    def __init__(self, message: str, candidates: list[object] | None = None) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, candidates: list[object] | None = None, *, hint: Hint | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
         self.candidates = candidates or []
 
 

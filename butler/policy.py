@@ -21,7 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from butler import formats, yamlio
-from butler.errors import ConfigError, UnknownDatasetTypeError, UnknownFormatError
+from butler.errors import ConfigError, Hint, UnknownDatasetTypeError, UnknownFormatError
+from butler.suggest import did_you_mean
 from butler.template import KEY_TYPES, Template, validate_dataset_type_name
 
 MODES = ("r", "w", "rw")
@@ -143,8 +144,8 @@ class Policy:
         except KeyError:
             known = ", ".join(sorted(self.dataset_types)) or "none"
             raise UnknownDatasetTypeError(
-                f"unknown dataset type {name!r} (defined: {known}); "
-                f"define it first, e.g. butler.define({name!r}, genre=...)"
+                _unknown("dataset type", name, self.dataset_types) + f" (defined: {known})",
+                hint=Hint("define", {"name": name}),
             ) from None
 
     def genre(self, name: str) -> Genre:
@@ -153,13 +154,14 @@ class Policy:
         except KeyError:
             known = ", ".join(sorted(self.genres)) or "none"
             raise ConfigError(
-                f"unknown genre {name!r} (known: {known}); add it under policy.genres"
+                _unknown("genre", name, self.genres) + f" (known: {known}); "
+                "add it under policy.genres"
             ) from None
 
     def define(self, name: str, genre: str, overrides: Mapping[str, object]) -> DatasetTypeDef:
         """Build (without recording) a new dataset type of ``genre``."""
         spec: dict[str, object] = {"genre": genre, **overrides}
-        return _build_type(name, spec, self.genres, "define()")
+        return _build_type(name, spec, self.genres, "define")
 
     def digest(self) -> str:
         """A stable hash of the policy, recorded in provenance."""
@@ -249,11 +251,19 @@ def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, sour
         )
 
 
+def _unknown(what: str, name: str, known: Iterable[str]) -> str:
+    """``unknown genre 'exposre'; did you mean exposure?``"""
+    suggestion = did_you_mean(name, known)
+    return f"unknown {what} {name!r}" + (f"; {suggestion}" if suggestion else "")
+
+
 def _check_storage(storage: object, what: str, source: str) -> str:
     if not isinstance(storage, str) or storage not in formats.known_formats():
+        suggestion = did_you_mean(str(storage), formats.known_formats())
         raise UnknownFormatError(
-            f"{source}: {what} uses unknown storage format {storage!r}; "
-            f"known: {', '.join(formats.known_formats())}"
+            f"{source}: {what} uses unknown storage format {storage!r}"
+            + (f"; {suggestion}" if suggestion else "")
+            + f" (known: {', '.join(formats.known_formats())})"
         )
     return storage
 
@@ -305,9 +315,11 @@ def _build_type(
     genre_name = spec.get("genre")
     if genre_name not in genres:
         known = ", ".join(sorted(genres)) or "none"
+        suggestion = did_you_mean(str(genre_name), genres)
         raise ConfigError(
-            f"{source}: {where} has unknown genre {genre_name!r} (known: {known}); "
-            "add the genre under policy.genres or pick a known one"
+            f"{source}: {where} has unknown genre {genre_name!r}"
+            + (f"; {suggestion}" if suggestion else "")
+            + f" (known: {known}); add the genre under policy.genres or pick a known one"
         )
     genre = genres[str(genre_name)]
     storage = str(spec.get("storage", genre.storage))

@@ -27,6 +27,7 @@ from butler.confine import Root
 from butler.durable import fsync_directory, write_new
 from butler.errors import (
     ConfigError,
+    Hint,
     RegistryDamagedError,
     RepositoryError,
     UnsafePathError,
@@ -51,9 +52,9 @@ class DataRepository:
         self.path = Path(path).expanduser().resolve()
         if not (self.path / CONFIG_NAME).is_file():
             raise RepositoryError(
-                f"{self.path} is not a butler repository (no {CONFIG_NAME}); "
-                "create one with 'butler create PATH' or DataRepository.create(path)",
+                f"{self.path} is not a butler repository (no {CONFIG_NAME})",
                 errno=errno.ENOENT,
+                hint=Hint("create", {"path": str(self.path)}),
             )
         try:
             self.root = Root(str(self.path))

@@ -27,12 +27,14 @@ from butler.errors import (
     AmbiguousDataIdError,
     ConfigError,
     DatasetNotFoundError,
+    Hint,
     RepositoryError,
-    UnknownLabelError,
 )
+from butler.ordering import dataset_key
 from butler.policy import DatasetTypeDef, Policy, merge
 from butler.registry import Row, canonical_data_id
 from butler.repository import DataRepository, is_repository
+from butler.suggest import unknown_label_error
 from butler.template import DataId, coerce_data_id
 from butler.transaction import Definition
 
@@ -269,8 +271,8 @@ class Resolver:
             return self.search
         member = self.by_label.get(label)
         if member is None:
-            known = ", ".join(m.label for m in self.search)
-            raise UnknownLabelError(f"no repository is labelled {label!r}; known labels: {known}")
+            write_only = [m.label for m in self.outputs if m.mode == "w"]
+            raise unknown_label_error(label, [m.label for m in self.search], write_only)
         return [member]
 
     def definition(self, dataset_type: str) -> DatasetTypeDef:
@@ -291,11 +293,12 @@ class Resolver:
         if len(coerced) < len(definition.keys):
             matches = self.query_rows([dataset_type], coerced, label)
             if len(matches) > 1:
-                listed = "; ".join(f"{row.data_id} in {m.label}" for m, row in matches[:20])
+                refs = [self.ref(m, row) for m, row in matches]
+                listed = "; ".join(f"{ref.data_id} in {ref.repository}" for ref in refs[:20])
                 raise AmbiguousDataIdError(
                     f"{dataset_type} {dict(coerced)} matches {len(matches)} datasets: {listed}; "
                     "add keys to pick one",
-                    [self.ref(m, row) for m, row in matches],
+                    list(refs),
                 )
             if not matches:
                 raise self._not_found(dataset_type, coerced, members, version)
@@ -316,9 +319,10 @@ class Resolver:
     ) -> DatasetNotFoundError:
         searched = ", ".join(m.label for m in members)
         what = f"{dataset_type} {dict(data_id)}" + (f" version {version}" if version else "")
+        where = "the repository searched" if len(members) == 1 else "the repositories searched"
         return DatasetNotFoundError(
-            f"no dataset {what} in the repositories searched: {searched}; check the data ID "
-            "with query()"
+            f"no dataset {what} in {where}: {searched}",
+            hint=Hint("query", {"dataset_type": dataset_type}),
         )
 
     def query_rows(
@@ -332,7 +336,12 @@ class Resolver:
         for member in self.members_for(label):
             for row in member.repo.registry.query(dataset_types, keys):
                 found.setdefault((row.dataset_type, row.data_id), (member, row))
-        return [found[key] for key in sorted(found)]
+        return sorted(
+            found.values(),
+            key=lambda item: dataset_key(
+                self.policy, item[1].dataset_type, _loads_data_id(item[1].data_id)
+            ),
+        )
 
     def versions(self, dataset_type: str, data_id: DataId, label: str | None) -> list[DatasetRef]:
         key = canonical_data_id(data_id)

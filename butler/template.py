@@ -14,6 +14,7 @@ from reprlib import repr as _quote  # hostile values can be huge: keep messages 
 from typing import NoReturn
 
 from butler.errors import ConfigError, InvalidDataIdError
+from butler.suggest import did_you_mean
 
 DataIdValue = int | str
 DataId = dict[str, DataIdValue]
@@ -106,14 +107,18 @@ def coerce_data_id(
     """Check a whole data ID at once, so a mistyped key is reported rather than ignored."""
     for key in data_id:
         if key not in keys:
+            suggestion = did_you_mean(key, keys)
             raise InvalidDataIdError(
-                f"unknown data ID key {key!r}; valid keys are: {', '.join(keys) or '(none)'}"
+                f"unknown data ID key {key!r}"
+                + (f"; {suggestion}" if suggestion else "")
+                + f" (valid keys: {', '.join(keys) or 'none'})"
             )
     result = {key: coerce_value(key, data_id[key], keys[key]) for key in keys if key in data_id}
     if not partial and len(result) < len(keys):
-        missing = ", ".join(key for key in keys if key not in result)
+        missing = [key for key in keys if key not in result]
         raise InvalidDataIdError(
-            f"data ID {_quote(dict(data_id))} is missing key(s) {missing}; give every key"
+            f"data ID {_quote(dict(data_id))} is missing key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)}; give every key"
         )
     return result
 

@@ -332,7 +332,7 @@ class View:
             )
         raise InvalidDataIdError(
             f"{path}: matches no dataset type's template (or is not in its canonical form, "
-            "e.g. v0000123 rather than v123); see the templates with 'butler query' or "
+            "e.g. v0000123 rather than v123); see the templates with 'butler types' or in "
             ".butler/status"
         )
 

@@ -1,7 +1,9 @@
 """``make demo``: sample repositories, mounted, used with real tools, unmounted.
 
 Every step prints the command it runs and that command's real output, so the
-transcript reads like a shell session.
+transcript reads like a shell session.  The daemon runs in the foreground (``-f``)
+with its log in ``demo-work/butlerfs.log``, so a refusal can show the daemon's
+reason beside the errno ``cp`` prints (a daemonized mount logs to syslog).
 """
 
 from __future__ import annotations
@@ -54,18 +56,35 @@ def main(argv: list[str] | None = None) -> int:
     mountpoint.mkdir()
 
     print("\n== 2. mount the aggregator")
-    run(tool("butlerfs"), "mount", aggregator, mountpoint)
+    log = root / "butlerfs.log"
+    daemon = start_daemon(aggregator, mountpoint, log)
     try:
-        demo_mounted(root, aggregator, mountpoint)
+        demo_mounted(root, aggregator, mountpoint, log)
     finally:
         print("\n== 7. unmount")
         run(tool("butlerfs"), "umount", mountpoint)
+        daemon.wait(timeout=30)
     assert not os.path.ismount(mountpoint)
     print(f"\nmounted: {os.path.ismount(mountpoint)}; demo took {time.monotonic() - started:.1f} s")
     return 0
 
 
-def demo_mounted(root: Path, aggregator: Path, mountpoint: Path) -> None:
+def start_daemon(aggregator: Path, mountpoint: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``butlerfs mount -f`` in the background, its log in ``log``; returns once mounted."""
+    command = [tool("butlerfs"), "mount", "-f", str(aggregator), str(mountpoint)]
+    print(f"\n$ {shlex.join(command)} 2> {log.name} &", flush=True)
+    with log.open("wb") as stderr:
+        daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=stderr)
+    deadline = time.monotonic() + 30
+    while not os.path.ismount(mountpoint):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            raise SystemExit(f"demo: the mount did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    return daemon
+
+
+def demo_mounted(root: Path, aggregator: Path, mountpoint: Path, log: Path) -> None:
     import numpy as np
     from astropy.io import fits
 
@@ -115,6 +134,8 @@ def demo_mounted(root: Path, aggregator: Path, mountpoint: Path) -> None:
     )
     print(f"$ cp {new.name} {mountpoint}/notes.fits\n{done.stderr.strip()}")
     assert done.returncode != 0
+    print("   the errno says only what; the daemon's log says why:")
+    run("grep", "refused", log)
 
 
 if __name__ == "__main__":

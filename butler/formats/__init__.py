@@ -16,7 +16,7 @@ import importlib
 import re
 import threading
 
-from butler.errors import ConfigError, UnknownFormatError
+from butler.errors import ConfigError, Hint, UnknownFormatError
 from butler.formats.base import StorageFormat, python_type_name
 
 __all__ = [
@@ -112,10 +112,14 @@ def format_for_extension(extension: str) -> str | None:
 def _create(name: str) -> StorageFormat:
     target = _targets.get(name)
     if target is None:
+        from butler.suggest import did_you_mean
+
+        suggestion = did_you_mean(name, _targets)
         raise UnknownFormatError(
-            f"unknown storage format {name!r}; known formats: {', '.join(_targets)}. "
-            "Fix the name, or register the format with "
-            "butler.formats.register_format(name, 'package.module:ClassName')"
+            f"unknown storage format {name!r}"
+            + (f"; {suggestion}" if suggestion else "")
+            + f" (known formats: {', '.join(_targets)})",
+            hint=Hint("register_format"),
         )
     module_name, class_name = target.split(":")
     try:

@@ -12,25 +12,32 @@ leak its own file object when one of its warnings is raised as an error).
 astropy reports some damage only with a warning ("File may have been
 truncated"): `read` refuses a file shorter than its headers announce and lets
 other warnings reach the caller; `check` records every warning as a problem.
+
+astropy is imported when a file is first read or written, not with this module:
+`check` first reads the headers itself (`fits_layout`), which settles a plain
+file of images without astropy (a one-file ``butler put`` would otherwise spend
+most of its time importing it), and asks astropy only about everything else.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
-from astropy.io import fits
-from astropy.table import Table
+from typing import TYPE_CHECKING, Any
 
 from butler.errors import FormatError
+from butler.formats import fits_layout
 from butler.formats.base import StorageFormat, bad_file, choose_python, wrong_object
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from astropy.io import fits
 
 # File-system errors say the path is wrong, not the file: they pass through unchanged.
 _ACCESS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -42,8 +49,21 @@ _STRUCTURAL_KEYWORDS = frozenset(
     | {"CHECKSUM", "DATASUM"}
 )
 
-_EXTENSION_HDUS = (fits.ImageHDU, fits.CompImageHDU, fits.BinTableHDU, fits.TableHDU)
-_TABLE_HDUS = (fits.BinTableHDU, fits.TableHDU)
+# astropy's advice for a file without a SIMPLE card names a Python argument of its own
+# open(); the butler opens the file, so the advice means nothing to its users.
+_ASTROPY_ADVICE = re.compile(r"\s*If this is really a FITS file, try with \w+=True\.?")
+
+
+def _extension_hdus() -> tuple[type, ...]:
+    from astropy.io import fits
+
+    return (fits.ImageHDU, fits.CompImageHDU, fits.BinTableHDU, fits.TableHDU)
+
+
+def _table_hdus() -> tuple[type, ...]:
+    from astropy.io import fits
+
+    return (fits.BinTableHDU, fits.TableHDU)
 
 
 class FitsFormat:
@@ -67,14 +87,21 @@ class FitsFormat:
             return _first_data(self, path, hdus)
 
     def check(self, path: str) -> None:
-        _check(self, path, need_table=False)
+        verdict = fits_layout.judge(path)
+        if verdict.problem is not None:
+            raise bad_file(self, path, verdict.problem)
+        if not verdict.valid:  # not plainly a file of images: astropy decides
+            _check(self, path, need_table=False)
 
     def _as_hdu_list(self, obj: object) -> fits.HDUList:
+        import numpy as np
+        from astropy.io import fits
+
         if isinstance(obj, fits.HDUList):
             return obj
         if isinstance(obj, fits.PrimaryHDU):
             return fits.HDUList([obj])
-        if isinstance(obj, _EXTENSION_HDUS):
+        if isinstance(obj, _extension_hdus()):
             return fits.HDUList([fits.PrimaryHDU(), obj])
         if isinstance(obj, np.ndarray):
             if isinstance(obj, np.ma.MaskedArray):
@@ -105,6 +132,10 @@ class FitsTableFormat:
     python_types = ("astropy.table.Table",)
 
     def serialize(self, obj: object) -> bytes:
+        import numpy as np
+        from astropy.io import fits
+        from astropy.table import Table
+
         if isinstance(obj, Table):
             table = obj
         elif isinstance(obj, np.ndarray) and obj.dtype.names is not None:
@@ -119,6 +150,8 @@ class FitsTableFormat:
         return _write(fits.HDUList([fits.PrimaryHDU(), hdu]))
 
     def read(self, path: str, python: str | None = None) -> object:
+        from astropy.table import Table
+
         choose_python(self, python)
         # str columns come back as str, as they were put; NaN stays NaN, not masked, for the
         # same reason (mask_invalid=False), and it saves a pass over every float column.
@@ -139,9 +172,14 @@ def image_and_cards(obj: object) -> tuple[npt.NDArray[Any], list[tuple[str, obje
     not an astropy HDU or HDUList.  COMMENT and HISTORY cards are joined by newlines;
     structural keywords and cards without a simple value are left out.
     """
+    if "astropy.io.fits" not in sys.modules:  # then obj cannot be one of its HDUs
+        return None
+    import numpy as np
+    from astropy.io import fits
+
     if isinstance(obj, fits.HDUList):
         hdus = list(obj)
-    elif isinstance(obj, (fits.PrimaryHDU, *_EXTENSION_HDUS)):
+    elif isinstance(obj, (fits.PrimaryHDU, *_extension_hdus())):
         hdus = [obj]
     else:
         return None
@@ -155,6 +193,11 @@ def image_and_cards(obj: object) -> tuple[npt.NDArray[Any], list[tuple[str, obje
 
 def table_array(obj: object) -> npt.NDArray[Any] | None:
     """An astropy `Table` as a numpy structured array, or ``None`` if ``obj`` is no Table."""
+    if "astropy.table" not in sys.modules:  # then obj cannot be a Table
+        return None
+    import numpy as np
+    from astropy.table import Table
+
     if not isinstance(obj, Table):
         return None
     array = obj.as_array()
@@ -171,6 +214,8 @@ def table_array(obj: object) -> npt.NDArray[Any] | None:
 def _write(hdus: fits.HDUList) -> bytes:
     # Native-endian data is byte-swapped in place while it is written and swapped back
     # after: that avoids copying a large image, but the object must not change meanwhile.
+    from astropy.io import fits
+
     buffer = io.BytesIO()
     try:
         hdus.writeto(buffer, output_verify="exception")
@@ -188,6 +233,8 @@ def _opened(
     storage_format: StorageFormat, path: str, *, character_as_bytes: bool = True
 ) -> Iterator[fits.HDUList]:
     """The whole file, read and closed when the block ends; damage becomes a `FormatError`."""
+    from astropy.io import fits
+
     with open(path, "rb") as stream:
         try:
             with fits.open(
@@ -200,10 +247,13 @@ def _opened(
         # astropy raises many kinds of error (and, if the caller asks, warnings) for a
         # damaged file; each means the same here.
         except Exception as error:
-            raise bad_file(storage_format, path, str(error)) from error
+            problem = _ASTROPY_ADVICE.sub("", str(error))
+            raise bad_file(storage_format, path, problem) from error
 
 
 def _check(storage_format: StorageFormat, path: str, *, need_table: bool) -> None:
+    from astropy.io import fits
+
     problems: list[str] = []
     with _check_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -214,7 +264,7 @@ def _check(storage_format: StorageFormat, path: str, *, need_table: bool) -> Non
                 problems.append(str(error))
             if need_table and _first_table_index(hdus) is None:
                 problems.append("it has no table HDU")
-    problems.extend(str(warning.message) for warning in caught)
+    problems.extend(_ASTROPY_ADVICE.sub("", str(warning.message)) for warning in caught)
     if problems:
         raise bad_file(storage_format, path, "; ".join(problems))
 
@@ -231,6 +281,8 @@ def _require_complete(storage_format: StorageFormat, path: str, hdus: fits.HDULi
 
 
 def _first_data(storage_format: StorageFormat, path: str, hdus: fits.HDUList) -> npt.NDArray[Any]:
+    import numpy as np
+
     for hdu in hdus:
         if hdu.data is None:
             continue
@@ -249,14 +301,18 @@ def _first_data(storage_format: StorageFormat, path: str, hdus: fits.HDUList) ->
 
 
 def _first_table_index(hdus: fits.HDUList) -> int | None:
+    table_hdus = _table_hdus()
     for index, hdu in enumerate(hdus):
-        if isinstance(hdu, _TABLE_HDUS):
+        if isinstance(hdu, table_hdus):
             return index
     return None
 
 
 def _table_array(data: object) -> npt.NDArray[Any]:
     # Through a Table, which applies TSCAL/TZERO and decodes FITS booleans and strings.
+    import numpy as np
+    from astropy.table import Table
+
     return np.asarray(Table(data).as_array())
 
 
