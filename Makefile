@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr \
 	systemd strace dpkg-dev
 
-.PHONY: all setup system venv test lint typecheck pytest demo bench install clean
+.PHONY: all setup system venv test lint typecheck pytest stress demo bench install clean
 
 all: test
 
@@ -45,6 +45,13 @@ pytest: setup
 	$(PY) -m pytest --durations=10 --durations-min=1
 
 test: lint typecheck pytest
+
+# The long fault campaigns: thousands of kill -9 trials, more concurrent writers.
+# make test runs the same tests with bounded sizes.
+STRESS_TRIALS ?= 2000
+stress: setup
+	BUTLER_KILL_TRIALS=$(STRESS_TRIALS) BUTLER_STRESS=1 $(PY) -m pytest -q -s \
+		tests/butler/test_kill.py tests/butler/test_concurrency.py tests/butler/test_faults.py
 
 demo: setup
 	$(PY) -m butlerfs.demo demo-work

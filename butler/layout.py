@@ -10,6 +10,7 @@
     REPO/.butler/versions/v<N>/<path>    every committed version, under its own name
     REPO/.butler/reserve                 space kept free so a committed put can always apply
     REPO/.butler/scratch/                the mount's drafts (never read by the library)
+    REPO/.butler/damaged/                registries that did not open, kept by reindex
 
 Paths here are *relative to the repository root* (``str``): the confined file
 operations (:mod:`butler.confine`) resolve them beneath the root and never
@@ -32,6 +33,7 @@ RECORDS = f"{INTERNAL}/records"
 VERSIONS = f"{INTERNAL}/versions"
 RESERVE = f"{INTERNAL}/reserve"
 SCRATCH = f"{INTERNAL}/scratch"
+DAMAGED = f"{INTERNAL}/damaged"  # registries reindex found damaged, kept for the admin
 
 #: The directories ``DataRepository.create`` makes (and the opening of an older
 #: repository adds when missing).

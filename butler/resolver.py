@@ -171,9 +171,14 @@ class Resolver:
 
     @staticmethod
     def _prepare_output(repo: DataRepository) -> list[recovery.Action]:
-        """Before writing an output: its registry must be sound, and what dead writers left
-        is finished.  Nothing here raises for one bad journal (see recovery)."""
-        repo.check_registry()
+        """Before writing an output: what dead writers left is finished.  Nothing here
+        raises: a registry that is missing, empty beside records or damaged leaves the
+        output open (verify reports it, reads and writes say to run 'butler reindex'),
+        and recovery never raises for one bad journal."""
+        try:
+            repo.check_registry()
+        except RepositoryError:
+            return []  # recovery needs the registry: 'butler reindex' runs it afterwards
         return recovery.recover(repo)
 
     # -- construction --------------------------------------------------------

@@ -205,7 +205,7 @@ def remove(
                 )
                 for path in entry.paths:
                     _check_replaceable(repo, path)
-                    _probe_directory(repo, path.rpartition("/")[0], None)
+                    _probe_directory(repo, path.rpartition("/")[0])
                 ensure_reserve(repo.root)
                 writer.remove(entry)
                 prepared.append(_Prepared(repo, entry, writer))
@@ -301,6 +301,7 @@ def prepare_put(
     """Everything before the commit point in one output (its lock held): afterwards only
     a crash or a lost disk can stop the put from applying here."""
     repo = target.repo
+    repo.check_registry()  # a lost registry is rebuilt by reindex, never started afresh
     _, left = recover_locked(repo)
     ensure_reserve(repo.root)
     writer = stack.enter_context(repo.registry.writer())
@@ -331,8 +332,8 @@ def prepare_put(
                     errno=errno.EEXIST,
                 )
             _check_replaceable(repo, record.path)
-            _probe_directory(repo, record.path.rpartition("/")[0], record.staged, made)
-            _probe_directory(repo, kept.rpartition("/")[0], record.staged, made)
+            _probe_directory(repo, record.path.rpartition("/")[0], made)
+            _probe_directory(repo, kept.rpartition("/")[0], made)
         paths = {record.path for record in entry.files}
         stale = tuple(sorted({row.path for row in current} - paths))
         for path in stale:
@@ -377,24 +378,42 @@ def _check_replaceable(repo: DataRepository, path: str) -> None:
         )
 
 
-def _probe_directory(
-    repo: DataRepository, directory: str, staged: str | None, made: list[str] | None = None
-) -> None:
-    """Make ``directory`` (never through a link) and prove an entry can be made in it:
-    a link of the staged file, removed at once (it fails as apply's rename would: a
-    read-only or immutable directory, another mount, no permission, no space)."""
+def _probe_directory(repo: DataRepository, directory: str, made: list[str] | None = None) -> None:
+    """Make ``directory`` (never through a link) and prove that apply can make an entry in
+    it: an unnamed file created there (``O_TMPFILE``: no name, so a crash leaves nothing)
+    fails as apply's link or rename would (a read-only or immutable directory, no
+    permission, no inode), and the directory must be on the mount of the staging
+    directory (a rename cannot cross mounts, bind mounts included)."""
     with repo.root.directory(directory, create=True, made=made) as fd:
-        if staged is None:
-            if not os.access(".", os.W_OK, dir_fd=fd, effective_ids=True):
-                raise PermissionError(errno.EACCES, "directory not writable", directory)
-            return
-        probe = f".butler-probe.{staged}"
         try:
+            try:
+                os.close(os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                    raise
+                # No O_TMPFILE on this filesystem (NFS): ask for the permission instead.
+                if not os.access(".", os.W_OK, dir_fd=fd, effective_ids=True):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
             with repo.root.directory(layout.STAGING) as staging:
-                os.link(staged, probe, src_dir_fd=staging, dst_dir_fd=fd, follow_symlinks=False)
+                if _mount_of(fd) != _mount_of(staging):
+                    raise OSError(
+                        errno.EXDEV,
+                        "is another mount than the repository's .butler (a bind mount?)",
+                    )
         except OSError as exc:
             raise OSError(exc.errno, exc.strerror, repo.root.absolute(directory)) from None
-        os.unlink(probe, dir_fd=fd)
+
+
+def _mount_of(fd: int) -> str:
+    """The mount id of an open file (``/proc/self/fdinfo``): equal ids, same mount."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("mnt_id:"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return ""  # no /proc: the rename itself will say
 
 
 def _commit_point(

@@ -8,7 +8,7 @@ holds whose record is missing or torn stops the rebuild (``butler repair``
 restores the record first, from another output or the registry itself).
 
 A damaged registry file (it does not open) is kept aside as
-``registry.sqlite3.damaged-<time>`` and a new one is built.  A file at a
+``.butler/damaged/registry-<time>`` and a new one is built.  A file at a
 template path with no record (copied in by hand) is adopted as a new version
 with a fresh record; files matching no template are reported, untouched.
 Journals left by dead writers are then finished by the normal recovery.
@@ -103,7 +103,8 @@ def _registry_transactions(repo: DataRepository, report: ReindexReport) -> set[s
     except RegistryDamagedError:
         pass
     repo.reset_registry()
-    damaged = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
+    (repo.path / layout.DAMAGED).mkdir(exist_ok=True)
+    damaged = str(repo.path / layout.DAMAGED / f"registry-{time.strftime('%Y%m%dT%H%M%S')}")
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.replace(f"{path}{suffix}", f"{damaged}{suffix}")

@@ -331,7 +331,7 @@ def _walk(repo: DataRepository, directory: str) -> list[tuple[str, str]]:
             continue
         for name in names:
             relative = f"{current}/{name}" if current else name
-            if relative in (layout.SCRATCH, layout.LOCK, layout.RESERVE):
+            if relative in (layout.SCRATCH, layout.LOCK, layout.RESERVE, layout.DAMAGED):
                 continue
             try:
                 mode = repo.root.lstat(relative).st_mode

@@ -24,9 +24,10 @@ from butler import Butler, DataRepository
 from butler.maintenance import verify
 from tests.butler.conftest import MakeRepo
 
-WRITERS = 8
+STRESS = os.environ.get("BUTLER_STRESS") == "1"  # make stress: a longer run
+WRITERS = 16 if STRESS else 8
 READERS = 4
-PUTS = 24  # per writer
+PUTS = 200 if STRESS else 24  # per writer
 DATA_IDS = 3  # every writer puts to all of them: versions interleave
 
 POLICY = {
