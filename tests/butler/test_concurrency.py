@@ -70,7 +70,11 @@ READER = textwrap.dedent(
     butler = Butler(repo)
     seen, errors = [], []
     rng = random.Random(os.getpid())
+    reads = 0
     while not os.path.exists(stop) or len(seen) < 20:
+        reads += 1
+        if reads % 10 == 0:  # opening runs recovery: it must never judge a live writer dead
+            butler = Butler(repo)
         visit = rng.randrange(int(ids))
         try:
             refs = butler.versions("note", visit=visit)

@@ -65,10 +65,17 @@ SERVER = textwrap.dedent(
                 visit = rng.randrange(visits)
                 tag = f"t{trial}-{n}"
                 size = rng.choice([100, 3000, 200000])
-                os.write(w, (json.dumps(["begin", visit, tag]) + "\\n").encode())
-                refs = writer.put({"tag": tag, "blob": "x" * size}, "note", visit=visit)
-                done = ["done", visit, tag, [ref.version for ref in refs]]
-                os.write(w, (json.dumps(done) + "\\n").encode())
+                if rng.random() < 0.1:  # a removal, journaled like a put
+                    os.write(w, (json.dumps(["remove", visit, tag]) + "\\n").encode())
+                    try:
+                        writer.remove("note", visit=visit)
+                    except LookupError:
+                        pass
+                else:
+                    os.write(w, (json.dumps(["begin", visit, tag]) + "\\n").encode())
+                    refs = writer.put({"tag": tag, "blob": "x" * size}, "note", visit=visit)
+                    done = ["done", visit, tag, [ref.version for ref in refs]]
+                    os.write(w, (json.dumps(done) + "\\n").encode())
                 n += 1
         os.close(w)
         stream = os.fdopen(r)
@@ -145,6 +152,7 @@ def test_a_writer_killed_anywhere_leaves_all_or_nothing(
             events = json.loads(server.stdout.readline())
             phases[classify(outputs)] += 1
             begun = {tag for kind, _, tag, *_ in events if kind == "begin"}
+            phases["(trials with a removal)"] += any(e[0] == "remove" for e in events)
             for kind, _, tag, *rest in events:
                 if kind == "done":
                     assert len(set(rest[0])) == 1, f"{tag}: versions differ between outputs"
@@ -178,11 +186,11 @@ def test_a_writer_killed_anywhere_leaves_all_or_nothing(
     assert any("journal" in phase for phase in phases), phases
 
 
-def present_before(trial: int, view: dict[int, list[tuple[int, str, str]]]) -> set[str]:
+def present_before(trial: int, view: dict[int, list[tuple[int, str, str, bool]]]) -> set[str]:
     """Tags of earlier trials (still present: they were decided then)."""
     return {
         tag
         for versions in view.values()
-        for _, tag, _ in versions
+        for _, tag, *_ in versions
         if int(tag[1:].split("-")[0]) < trial
     }

@@ -171,3 +171,43 @@ def test_threads_writing_one_data_id_while_others_read(tmp_path: Path) -> None:
     for repo in (first, second):
         versions = [ref.version for ref in Butler(repo).versions("info", visit=7)]
         assert versions == list(range(1, 47))
+
+
+# A put that copies a dataset type into outputs that lack it: the butler.yaml change
+# is part of the put (staged before the commit point, renamed in when applying).
+NEW_TYPE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from butler import Butler
+    policy = {"datasetTypes": {"extra": {"genre": "meta"}}}
+    b = Butler(outputs=[sys.argv[1], sys.argv[2]], policy=policy)
+    b.put({"value": "new"}, "extra", visit=7)
+    print("survived")
+    """
+)
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_new_dataset_type_is_recorded_with_the_put(tmp_path: Path, step: str) -> None:
+    first, second = make_outputs(tmp_path)
+    env = dict(os.environ, BUTLER_TEST_CRASH_AT=step)
+    done = subprocess.run(
+        [sys.executable, "-c", NEW_TYPE_CHILD, str(first), str(second)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 70, done.stdout + done.stderr
+    for repo in (first, second):
+        butler = Butler(repo)  # opened alone: recovery finishes or undoes the put
+        holds = butler.exists("extra", visit=7) if "extra" in _types(repo) else False
+        assert holds == (STEPS[step] == "both")
+        # The type is recorded exactly when the dataset is there: standalone again.
+        assert ("extra" in _types(repo)) == holds
+        assert leftovers(repo) == []
+        assert not [p for p in repo.iterdir() if p.name.startswith(".butler.yaml")]
+
+
+def _types(repo: Path) -> set[str]:
+    return set(DataRepository(repo).policy.dataset_types)
