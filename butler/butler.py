@@ -35,7 +35,13 @@ from butler.policy import DatasetTypeDef, merge
 from butler.registry import Commit, Row
 from butler.repository import is_repository
 from butler.resolver import DatasetRef, Member, Resolver
-from butler.template import DataId, coerce_data_id, validate_dataset_type_name
+from butler.template import (
+    DataId,
+    as_data_id,
+    coerce_data_id,
+    coerce_version,
+    validate_dataset_type_name,
+)
 from butler.transaction import Payload, PlannedFile, Target
 from butler.transaction import put as transactional_put
 
@@ -387,15 +393,12 @@ def _split(
     data_id: Mapping[str, object] | None, keys: Mapping[str, object]
 ) -> tuple[dict[str, object], int | None, str | None]:
     """Merge dataId and keywords; take out ``version`` and ``repositoryLabel``."""
-    merged = dict(data_id or {})
+    merged = as_data_id(data_id)  # a mapping, else InvalidDataIdError
     merged.update(keys)
     version = merged.pop("version", None)
     label = merged.pop("repositoryLabel", None)
     if version is not None:
-        try:
-            version = int(str(version))
-        except ValueError:
-            raise ConfigError(f"version must be a whole number, not {version!r}") from None
+        version = coerce_version(version)  # a positive int a registry can hold, else refused
     return merged, version, None if label is None else str(label)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from butler import yamlio
+from butler.config import check_label, load_repository_config
 from butler.errors import ConfigError, RepositoryError
 from butler.policy import DatasetTypeDef, Policy
 from butler.registry import Registry, Row
@@ -56,28 +57,11 @@ class DataRepository:
         recover(self)
 
     def _load_config(self, config_path: Path) -> None:
-        try:
-            config = yamlio.loads(config_path.read_bytes())
-        except yamlio.YAMLError as exc:
-            raise ConfigError(f"{config_path}: not valid YAML ({exc}); fix the file") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"{config_path}: must be a mapping with 'butler: 1' at the top")
-        version = config.get("butler")
-        if version != FORMAT_VERSION:
-            raise RepositoryError(
-                f"{config_path}: format version {version!r} is not supported (this butler "
-                f"reads version {FORMAT_VERSION}); upgrade butlerfs or use a matching version"
-            )
-        self.config: dict[str, object] = config
-        self.label = str(config.get("label") or self.path.name)
-        parents = config.get("parents") or []
-        if not isinstance(parents, list):
-            raise ConfigError(f"{config_path}: parents must be a list of paths")
-        self.parents = [(self.path / str(parent)).resolve() for parent in parents]
-        raw_policy = config.get("policy") or {}
-        if not isinstance(raw_policy, Mapping):
-            raise ConfigError(f"{config_path}: policy must be a mapping")
-        self.policy = Policy.from_mapping(raw_policy, str(config_path))
+        loaded = load_repository_config(config_path)  # bounded read, schema: butler/config.py
+        self.config: dict[str, object] = loaded.raw
+        self.label = loaded.label or self.path.name
+        self.parents = loaded.parent_paths(self.path)
+        self.policy = Policy.from_mapping(loaded.policy, str(config_path))
         self._config_mtime = config_path.stat().st_mtime_ns
 
     @classmethod
@@ -95,6 +79,8 @@ class DataRepository:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RepositoryError(f"{root} exists and is not an empty directory; choose a new path")
         Policy.from_mapping(policy, f"policy for new repository {root}")
+        if label is not None:
+            check_label(label, f"new repository {root}")  # checked again at every open
         root.mkdir(parents=True, exist_ok=True)
         for sub in ("staging", "journal", "records", "versions"):
             (root / INTERNAL / sub).mkdir(parents=True, exist_ok=True)
