@@ -77,6 +77,8 @@ def fail(source: str, key: str, value: object, expected: str, why: str = "") -> 
 
 def _kind(value: object) -> str:
     names = {dict: "a mapping", list: "a list", str: "a str", bool: "a bool", int: "an int"}
+    if value is None:
+        return "null"
     return names.get(type(value), f"a {type(value).__name__}")
 
 

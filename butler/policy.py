@@ -156,23 +156,23 @@ class Policy:
         return cls(data, genres, types)
 
     def dataset_type(self, name: str) -> DatasetTypeDef:
-        try:
-            return self.dataset_types[name]
-        except KeyError:
+        definition = self.dataset_types.get(name) if isinstance(name, str) else None
+        if definition is None:
             known = ", ".join(sorted(self.dataset_types)) or "none"
             raise UnknownDatasetTypeError(
-                f"unknown dataset type {name!r} (defined: {known}); "
-                f"define it first, e.g. butler.define({name!r}, genre=...)"
-            ) from None
+                f"unknown dataset type {describe(name)} (defined: {known}); "
+                f"define it first, e.g. butler.define({describe(name)}, genre=...)"
+            )
+        return definition
 
     def genre(self, name: str) -> Genre:
-        try:
-            return self.genres[name]
-        except KeyError:
+        genre = self.genres.get(name) if isinstance(name, str) else None
+        if genre is None:
             known = ", ".join(sorted(self.genres)) or "none"
             raise ConfigError(
-                f"unknown genre {name!r} (known: {known}); add it under policy.genres"
-            ) from None
+                f"unknown genre {describe(name)} (known: {known}); add it under policy.genres"
+            )
+        return genre
 
     def define(self, name: str, genre: str, overrides: Mapping[str, object]) -> DatasetTypeDef:
         """Build (without recording) a new dataset type of ``genre``."""

@@ -90,8 +90,6 @@ def validate_dataset_type_name(name: str) -> str:
 def coerce_value(key: str, value: object, key_type: type) -> DataIdValue:
     """Turn an untrusted value into the key's type, refusing anything unsafe in a path."""
     if key_type is int:
-        if type(value) is int:
-            return value
         return _in_range(key, _as_int(key, value))
     if key_type is not str or not isinstance(value, str):
         raise InvalidDataIdError(
@@ -130,9 +128,10 @@ def _as_int(key: str, value: object) -> int:
 def _in_range(key: str, value: int, low: int = INT_MIN) -> int:
     if low <= value <= INT_MAX:
         return value
+    why = "versions count from 1" if low == 1 else "registries store signed 64-bit integers"
     raise InvalidDataIdError(
-        f"data ID key {key!r} is {_quote(value)}, outside {low}..{INT_MAX}; registries store "
-        "signed 64-bit integers, so pass a value in that range"
+        f"data ID key {key!r} is {_quote(value)}, outside {low}..{INT_MAX}; {why}, so pass "
+        "a value in that range"
     )
 
 
