@@ -23,6 +23,7 @@ from butler.config import (
     expect_mapping,
     expect_path,
     fail,
+    kind_of,
     read_config_file,
 )
 from butler.errors import ConfigError
@@ -98,7 +99,7 @@ def _load(file: Path, loading: _Loading) -> AggregatorSpec:
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: an aggregator file is a mapping starting with 'butler: 1' "
-            f"and listing inputs and outputs, not {describe(data)}"
+            f"and listing inputs and outputs, not {kind_of(data)}"
         )
     version = data.get("butler")
     if type(version) is not int or version != 1:

@@ -71,11 +71,11 @@ def describe(value: object) -> str:
 
 def fail(source: str, key: str, value: object, expected: str, why: str = "") -> NoReturn:
     """ConfigError: ``<source>: <key> is <value> (<type>); expected <expected>``."""
-    found = f"{describe(value)} ({_kind(value)})"
+    found = f"{describe(value)} ({kind_of(value)})"
     raise ConfigError(f"{source}: {key} is {found}{f': {why}' if why else ''}; expected {expected}")
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
     names = {dict: "a mapping", list: "a list", str: "a str", bool: "a bool", int: "an int"}
     if value is None:
         return "null"
@@ -206,7 +206,7 @@ def parse_repository_config(data: object, source: str) -> RepositoryConfig:
     """Check a ``butler.yaml`` mapping: each problem names ``source``, the key and the fix."""
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{source}: must be a mapping with 'butler: 1' at the top, not {_kind(data)}"
+            f"{source}: must be a mapping with 'butler: 1' at the top, not {kind_of(data)}"
         )
     version = data.get("butler")
     if isinstance(version, bool) or (version is not None and not isinstance(version, int)):

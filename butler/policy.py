@@ -296,10 +296,14 @@ def _check_no_shared_files(definitions: Iterable[DatasetTypeDef], source: str) -
     found = first_meeting([*_RESERVED_SHAPES, *_shapes(definitions)])
     if found is not None:
         first, second, how = found
+        fix = (
+            "give one of them a template the other cannot render"
+            if first.dataset_type is not None
+            else f"rename {second.owner.rsplit(' location', 1)[0]} or change its template"
+        )
         raise ConfigError(
-            f"{source}: {first.owner} and {second.owner} would share the files: {how}; give "
-            "one of them "
-            "a template the other cannot render (e.g. start it with '{datasetType}/')"
+            f"{source}: {first.owner} and {second.owner} would share the files: {how}; {fix} "
+            "(e.g. start it with '{datasetType}/')"
         )
 
 

@@ -33,10 +33,15 @@ MIN_EXPANDED_NODES = 100_000
 #: a caller may ask for less.  The pure-Python parser recurses while composing: its
 #: RecursionError becomes a YAMLLimitError too.
 DEFAULT_MAX_DEPTH = 1000
+_READ_SIZE = 2**16
 
 
 class YAMLLimitError(yaml.YAMLError):
     """A document over a bound: aliases expanding too far or to themselves, too deep, too big."""
+
+
+class YAMLValueError(yaml.YAMLError):
+    """A scalar the loader cannot turn into a value (an int too long, a date that is none)."""
 
 
 class _SilentDumper(_Dumper):  # type: ignore[misc]
@@ -63,7 +68,12 @@ def loads(text: str | bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> object:
         if node is None:
             return None
         _check_graph(node, max_depth)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, OverflowError, TypeError) as exc:  # an int of 5000 digits,
+            # a date of month 13: the constructors call int() and datetime() unguarded
+            reason = str(exc).split(";")[0]  # not the advice to raise Python's digit limit
+            raise YAMLValueError(f"a value cannot be read: {reason}") from None
     finally:
         loader.dispose()
 
@@ -88,13 +98,18 @@ def load_file(
     with open(path, "rb") as stream:
         if max_bytes is None:
             text = stream.read()
-        else:  # read one byte past the bound: a device or a growing file cannot stall us
-            text = stream.read(max_bytes + 1)
-            if len(text) > max_bytes:
-                raise YAMLLimitError(
-                    f"the file is larger than {max_bytes} bytes; a configuration file is "
-                    "never that big"
-                )
+        else:  # in pieces: read(n) would allocate n bytes even for a tiny file
+            pieces: list[bytes] = []
+            size = 0
+            while piece := stream.read(_READ_SIZE):
+                size += len(piece)
+                if size > max_bytes:  # a device or an endless file stops here too
+                    raise YAMLLimitError(
+                        f"the file is larger than {max_bytes} bytes; a configuration file "
+                        "is never that big"
+                    )
+                pieces.append(piece)
+            text = b"".join(pieces)
     return loads(text, max_depth=max_depth)
 
 
@@ -108,6 +123,9 @@ def _check_graph(root: yaml.Node, max_depth: int) -> None:
     size: dict[int, int] = {}
     depth: dict[int, int] = {}
     open_nodes: set[int] = set()
+    # The bound on expansion, from what is written; known once every node was seen, so
+    # a first pass counts them (a bomb is a few dozen nodes: it stops at the first).
+    limit = max(MIN_EXPANDED_NODES, EXPANSION_FACTOR * _count(root))
     stack: list[tuple[yaml.Node, bool]] = [(root, False)]
     while stack:
         node, children_done = stack.pop()
@@ -119,7 +137,14 @@ def _check_graph(root: yaml.Node, max_depth: int) -> None:
             depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
             if depth[key] > max_depth:
                 raise YAMLLimitError(
-                    f"the document nests more than {max_depth} levels deep; flatten it"
+                    f"the document nests more than {max_depth} levels deep (line "
+                    f"{node.start_mark.line + 1}); flatten it"
+                )
+            if size[key] > limit:  # children first: the innermost node over the bound
+                raise YAMLLimitError(
+                    f"aliases expand the value at line {node.start_mark.line + 1} to "
+                    f"{size[key]} nodes (limit {limit}); write the repeated parts out "
+                    "instead of using anchors and aliases (&, *)"
                 )
             continue
         if key in size:
@@ -132,13 +157,18 @@ def _check_graph(root: yaml.Node, max_depth: int) -> None:
         open_nodes.add(key)
         stack.append((node, True))
         stack.extend((child, False) for child in children if id(child) not in size)
-    written = len(size) or 1
-    limit = max(MIN_EXPANDED_NODES, EXPANSION_FACTOR * written)
-    if size[id(root)] > limit:
-        raise YAMLLimitError(
-            f"aliases expand the document's {written} nodes to {size[id(root)]} (limit {limit}); "
-            "write the repeated parts out instead of using anchors and aliases (&, *)"
-        )
+
+
+def _count(root: yaml.Node) -> int:
+    """The distinct nodes of the graph: what the file actually holds."""
+    seen = {id(root)}
+    stack = [root]
+    while stack:
+        for child in _children(stack.pop()):
+            if id(child) not in seen:
+                seen.add(id(child))
+                stack.append(child)
+    return len(seen)
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:
