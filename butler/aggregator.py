@@ -197,7 +197,10 @@ def _member(
     for name in item:
         if not isinstance(name, str):
             fail(source, f"a key of {where}", name, f"one of {', '.join(_ITEM_FIELDS)}")
-    text = expect_path(item["path"], source, f"{where}.path")
+    path = item["path"]
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    text = expect_path(path, source, f"{where}.path")
     unknown = [name for name in item if name not in _ITEM_FIELDS]
     if unknown:
         raise ConfigError(
