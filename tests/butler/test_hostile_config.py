@@ -641,7 +641,8 @@ AGGREGATOR: list[Case] = [
         "template",
         b"butler: 1\n"
         + _GOOD_MEMBERS
-        + b"policy: {genres: {exposure: {template: '{datasetType}/{visit:04294967295d}-{ccd}.fits'}}}\n",
+        + b"policy: {genres: {exposure: {template: "
+        + b"'{datasetType}/{visit:04294967295d}-{ccd}.fits'}}}\n",
         ("template", "width"),
     ),
     Case(
@@ -649,7 +650,8 @@ AGGREGATOR: list[Case] = [
         "collision",
         b"butler: 1\n"
         + _GOOD_MEMBERS
-        + b"policy: {datasetTypes: {calexp: {genre: exposure, template: 'raw/v{visit:07d}/raw-v{visit:07d}-c{ccd:03d}.fits'}}}\n",
+        + b"policy: {datasetTypes: {calexp: {genre: exposure, template: "
+        + b"'raw/v{visit:07d}/raw-v{visit:07d}-c{ccd:03d}.fits'}}}\n",
         ("'raw'", "'calexp'", "would share the files"),
     ),
 ]
