@@ -788,3 +788,57 @@ def test_the_corpora_cover_every_class() -> None:
     assert "recursive aggregator" in CORPUS_CLASSES["aggregator"]
     ids = [case.id for case in BUTLER_YAML] + [f"agg-{case.id}" for case in AGGREGATOR]
     assert len(ids) == len(set(ids))
+
+
+# -- the put-time check: a rendered path against the output's own policy -------------------
+
+
+def _task_policy(**templates: str) -> dict[str, object]:
+    """One genre per dataset type, keyed by ``task`` (str), with the given templates."""
+    return {
+        "genres": {
+            f"g_{name}": {"keys": {"task": "str"}, "template": template, "storage": "yaml"}
+            for name, template in templates.items()
+        },
+        "datasetTypes": {name: {"genre": f"g_{name}"} for name in templates},
+    }
+
+
+TASK_TEMPLATE = "config/{task}_{datasetType}.yaml"
+
+
+def test_check_path_owner_refuses_a_path_another_type_can_render() -> None:
+    from butler.policy import Policy
+
+    policy = Policy.from_mapping(_task_policy(b_config=TASK_TEMPLATE), "out/butler.yaml")
+    with pytest.raises(ConfigError) as raised:
+        policy.check_path_owner("config", ["config/a_b_config.yaml"])
+    message = str(raised.value)
+    assert "'config'" in message and "'b_config'" in message and "a_b_config" in message
+    policy.check_path_owner("config", ["config/x_config.yaml"])  # b_config cannot render it
+    policy.check_path_owner("b_config", ["config/a_b_config.yaml"])  # its own path
+    with pytest.raises(ConfigError, match="a directory of"):
+        policy.check_path_owner("flat", ["config"])  # a file where b_config needs a directory
+    with pytest.raises(ConfigError, match=r"the repository's own file butler\.yaml"):
+        policy.check_path_owner("butler", ["butler.yaml"])
+    with pytest.raises(ConfigError, match="render the same path"):
+        policy.check_path_owner("config", ["config/x.yaml", "config/x.yaml"])
+
+
+def test_a_write_only_output_can_hold_a_type_the_effective_policy_never_sees(
+    tmp_path: Path,
+) -> None:
+    """Why the put needs the check: the effective policy takes ``config`` from the input,
+    but the write-only output stores ``config`` by its own template, which can render the
+    path that ``b_config`` (copied in at its first put) renders there."""
+    inputs = _task_policy(b_config=TASK_TEMPLATE, config="{datasetType}s/{task}.yaml")
+    DataRepository.create(tmp_path / "in", policy=inputs).close()
+    own = _task_policy(config="config/{task}_b_{datasetType}.yaml")
+    DataRepository.create(tmp_path / "out", policy=own).close()
+    with Butler(inputs=[tmp_path / "in"], outputs=[{"path": tmp_path / "out", "mode": "w"}]) as b:
+        [member] = b.resolver.outputs
+        definition, _ = b.resolver.stored_definition(member, "b_config")
+        path = definition.primary.template.render("b_config", {"task": "a"})
+        assert path == "config/a_b_config.yaml"  # what out's own config renders for task "a"
+        with pytest.raises(ConfigError, match="'config'"):
+            member.repo.policy.check_path_owner("b_config", [path])
