@@ -71,7 +71,7 @@ def describe(value: object) -> str:
 
 def fail(source: str, key: str, value: object, expected: str, why: str = "") -> NoReturn:
     """ConfigError: ``<source>: <key> is <value> (<type>); expected <expected>``."""
-    found = f"{describe(value)} ({kind_of(value)})"
+    found = "missing (or null)" if value is None else f"{describe(value)} ({kind_of(value)})"
     raise ConfigError(f"{source}: {key} is {found}{f': {why}' if why else ''}; expected {expected}")
 
 

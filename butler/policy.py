@@ -131,6 +131,7 @@ class Policy:
         on_exists = raw.get("on_exists", "version")
         self.on_exists = str(on_exists)
         self._shapes: dict[str | None, list[Shape]] | None = None
+        self.source = "policy"  # where it was read, for messages: set by from_mapping
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object] | None, source: str) -> Policy:
@@ -153,7 +154,9 @@ class Policy:
             for name, spec in _mapping(data.get("datasetTypes"), "datasetTypes", source).items()
         }
         _check_no_shared_files(types.values(), source)
-        return cls(data, genres, types)
+        policy = cls(data, genres, types)
+        policy.source = source
+        return policy
 
     def dataset_type(self, name: str) -> DatasetTypeDef:
         definition = self.dataset_types.get(name) if isinstance(name, str) else None
@@ -197,8 +200,9 @@ class Policy:
         for path in paths:
             if path in seen:
                 raise ConfigError(
-                    f"two locations of dataset type {dataset_type!r} render the same path "
-                    f"{path!r}; give its locations templates (or storages) that differ"
+                    f"{self.source}: two locations of dataset type {dataset_type!r} render "
+                    f"the same path {path!r}; give its locations templates (or storages) "
+                    "that differ"
                 )
             seen.add(path)
             mine = path_shape(f"dataset type {dataset_type!r}", dataset_type, path)
@@ -209,7 +213,8 @@ class Policy:
                 how = meeting(mine, other)
                 if how is not None:
                     raise ConfigError(
-                        f"cannot write {path!r} for dataset type {dataset_type!r}: {other.owner} "
+                        f"{self.source}: cannot write {path!r} for dataset type "
+                        f"{dataset_type!r}: {other.owner} "
                         f"can own it too ({how}); give one of them a template the other "
                         "cannot render"
                     )

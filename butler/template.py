@@ -135,6 +135,11 @@ def _in_range(key: str, value: int, low: int = INT_MIN) -> int:
     )
 
 
+def _parsed_int(key: str, text: str) -> int:
+    """An int field read back from a path: in the registry's range, else no match."""
+    return _in_range(key, int(text))  # the regex admits only digits (and padding spaces)
+
+
 def coerce_version(value: object) -> int:
     """A ``version=`` from a data ID: a positive int (or decimal string) a registry can hold."""
     return _in_range("version", _as_int("version", value), low=1)
@@ -309,7 +314,7 @@ class Template:
                 if field == DATASET_TYPE:  # the pattern admits only valid names
                     body = "[A-Za-z][A-Za-z0-9_]*?"
                 elif self.keys[field] is int:
-                    convert, body = int, _int_pattern(spec)
+                    convert, body = functools.partial(_parsed_int, field), _int_pattern(spec)
                 else:  # the coercion still checks the length
                     body = _STR_PATTERN
                     convert = functools.partial(coerce_value, field, key_type=str)
