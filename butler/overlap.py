@@ -133,7 +133,23 @@ def _component_example(first: Component, second: Component) -> str | None:
     a, b = _literal(first), _literal(second)
     if a is not None and b is not None:
         return a if a == b else None
+    if not _ends_agree(first, second):
+        return None
     return _automaton(first).common_word(_automaton(second))
+
+
+def _ends_agree(first: Component, second: Component) -> bool:
+    """The literals each component starts and ends with must agree as far as both go:
+    ``calexp-c{ccd}`` and ``icExp-c{ccd}`` differ at once, without building automata."""
+    for index in (0, -1):
+        (kind_a, text_a), (kind_b, text_b) = first[index], second[index]
+        if kind_a == kind_b == "literal":
+            length = min(len(text_a), len(text_b))
+            if index == 0 and text_a[:length] != text_b[:length]:
+                return False
+            if index == -1 and text_a[len(text_a) - length :] != text_b[len(text_b) - length :]:
+                return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)

@@ -14,6 +14,7 @@ inheriting the dataset type's, then the genre's).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import posixpath
@@ -382,9 +383,16 @@ def _build_genre(name: str, spec: object, source: str) -> Genre:
 
 def _template(text: str, keys: dict[str, type], where: str, source: str) -> Template:
     try:
-        return Template(text, keys)
+        return _compiled(text, tuple(keys.items()))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str, keys: tuple[tuple[str, type], ...]) -> Template:
+    """Templates are values: a genre's template, shared by its many dataset types (and
+    read again at every refresh of a policy), is compiled once."""
+    return Template(text, dict(keys))
 
 
 def _build_type(
