@@ -842,3 +842,16 @@ def test_a_write_only_output_can_hold_a_type_the_effective_policy_never_sees(
         assert path == "config/a_b_config.yaml"  # what out's own config renders for task "a"
         with pytest.raises(ConfigError, match="'config'"):
             member.repo.policy.check_path_owner("b_config", [path])
+
+
+def test_define_refuses_a_type_that_collides_and_changes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    DataRepository.create(root, policy=_task_policy(b_config=TASK_TEMPLATE)).close()
+    before = (root / "butler.yaml").read_bytes()
+    with Butler(root) as butler, pytest.raises(ConfigError) as raised:
+        butler.define("config", genre="g_b_config")
+    assert "'config'" in str(raised.value) and "'b_config'" in str(raised.value)
+    assert "config/a_b_config.yaml" in str(raised.value)
+    assert (root / "butler.yaml").read_bytes() == before
+    with Butler(root) as butler:  # a name that cannot collide is fine
+        butler.define("configs", genre="g_b_config", template="{datasetType}/{task}.yaml")

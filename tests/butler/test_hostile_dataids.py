@@ -344,3 +344,26 @@ CORPUS_CLASSES = dict(
         value.kind for value in INT_VALUES + STR_VALUES + VERSION_VALUES + TYPE_NAMES + DATA_IDS
     )
 )
+
+
+def test_a_file_named_with_an_int_out_of_range_is_not_adopted(tmp_path: Path) -> None:
+    """Paths are parsed back into data IDs (reindex, the mount): a visit past 2**63-1 in a
+    file name matches no template, instead of failing in the registry."""
+    root = tmp_path / "repo"
+    DataRepository.create(root, policy=copy.deepcopy(POLICY)).close()
+    (root / "visitInfo").mkdir()
+    (root / "visitInfo" / f"visitInfo-v{2**63}.yaml").write_text("a: 1\n")
+    (root / "visitInfo" / f"visitInfo-v{INT64_MAX}.yaml").write_text("a: 2\n")
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "butler", "reindex", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"ignored (matches no template): visitInfo/visitInfo-v{2**63}.yaml" in result.stdout
+    with Butler(root) as butler:
+        assert [ref.data_id for ref in butler.query("visitInfo")] == [{"visit": INT64_MAX}]
