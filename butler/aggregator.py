@@ -13,12 +13,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from butler import yamlio
+from butler import formats
+from butler.config import (
+    check_label,
+    check_plain,
+    check_unknown_keys,
+    describe,
+    expect_list,
+    expect_mapping,
+    expect_path,
+    fail,
+    kind_of,
+    read_config_file,
+)
 from butler.errors import ConfigError
+from butler.template import validate_dataset_type_name
 
 INPUT_MODES = ("r",)
 OUTPUT_MODES = ("w", "rw")
-_ITEM_FIELDS = {"path", "label", "mode", "datasetTypes", "storage"}
+_ITEM_FIELDS = ("path", "label", "mode", "datasetTypes", "storage")
+_FILE_FIELDS = ("butler", "inputs", "outputs", "policy")
+#: Aggregator files may name aggregator files; more than this many in one load is a loop
+#: by another name (A names B twice, B names C twice, ...: 2**depth loads).
+MAX_NESTED_FILES = 64
 
 MemberItem = str | os.PathLike[str] | Mapping[str, object]
 
@@ -52,33 +69,58 @@ def is_aggregator_file(path: Path) -> bool:
 
 def load_aggregator(path: str | os.PathLike[str]) -> AggregatorSpec:
     """Read an aggregator file; relative paths are relative to the file."""
-    file = Path(path).expanduser().absolute()
+    return _load(Path(path).expanduser().absolute(), _Loading())
+
+
+class _Loading:
+    """The files being read (to refuse one that names itself) and how many were read."""
+
+    def __init__(self) -> None:
+        self.chain: list[Path] = []
+        self.count = 0
+
+
+def _load(file: Path, loading: _Loading) -> AggregatorSpec:
+    key = _resolved(file, str(file), "path")
+    if key in loading.chain:
+        cycle = " -> ".join(str(p) for p in [*loading.chain[loading.chain.index(key) :], key])
+        raise ConfigError(
+            f"{loading.chain[-1]}: aggregator files name each other in a loop ({cycle}); "
+            "remove the member that names an enclosing file"
+        )
+    loading.count += 1
+    if loading.count > MAX_NESTED_FILES:
+        raise ConfigError(
+            f"{file}: more than {MAX_NESTED_FILES} aggregator files are named, directly or "
+            "through each other; name the repositories themselves"
+        )
+    data = read_config_file(file, "aggregator file")
+    source = str(file)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: an aggregator file is a mapping starting with 'butler: 1' "
+            f"and listing inputs and outputs, not {kind_of(data)}"
+        )
+    version = data.get("butler")
+    if type(version) is not int or version != 1:
+        fail(source, "butler", version, "the int 1 (the format version)")
+    for name in data:
+        if not isinstance(name, str):
+            fail(source, "a top-level key", name, f"one of {', '.join(_FILE_FIELDS)}")
+    check_unknown_keys(data, _FILE_FIELDS, source, "at the top")
+    policy = expect_mapping(data.get("policy"), source, "policy", "a mapping (a policy)")
+    loading.chain.append(key)
     try:
-        data = yamlio.loads(file.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"cannot read aggregator file {file}: {exc.strerror}") from None
-    except yamlio.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML ({exc}); fix the file") from None
-    if not isinstance(data, dict) or data.get("butler") != 1:
-        raise ConfigError(
-            f"{file}: an aggregator file is a mapping starting with 'butler: 1' "
-            "and listing inputs and outputs"
+        return _build(
+            expect_list(data.get("inputs"), source, "inputs", "a list of repositories"),
+            expect_list(data.get("outputs"), source, "outputs", "a list of repositories"),
+            policy,
+            base=file.parent,
+            source=source,
+            loading=loading,
         )
-    unknown = set(data) - {"butler", "inputs", "outputs", "policy"}
-    if unknown:
-        raise ConfigError(
-            f"{file}: unknown field(s) {sorted(unknown)}; allowed: inputs, outputs, policy"
-        )
-    policy = data.get("policy") or {}
-    if not isinstance(policy, dict):
-        raise ConfigError(f"{file}: policy must be a mapping")
-    return build_spec(
-        _list(data.get("inputs"), "inputs", file),
-        _list(data.get("outputs"), "outputs", file),
-        policy,
-        base=file.parent,
-        source=str(file),
-    )
+    finally:
+        loading.chain.pop()
 
 
 def build_spec(
@@ -90,75 +132,121 @@ def build_spec(
     source: str = "Butler()",
 ) -> AggregatorSpec:
     """Normalise input and output items, expanding nested aggregator files."""
+    return _build(inputs, outputs, policy, base=base, source=source, loading=_Loading())
+
+
+def _build(
+    inputs: Sequence[object],
+    outputs: Sequence[object],
+    policy: Mapping[str, object] | None,
+    *,
+    base: Path | None,
+    source: str,
+    loading: _Loading,
+) -> AggregatorSpec:
     base = base or Path.cwd()
+    check_plain(policy, source, "policy")  # merged and hashed later: no cycles, no depth
+    if policy is not None and not isinstance(policy, Mapping):
+        fail(source, "policy", policy, "a mapping (a policy)")
     spec_inputs: list[MemberSpec] = []
     spec_outputs: list[MemberSpec] = []
-    for item in inputs:
-        member = _member(item, "r", INPUT_MODES, "input", base, source)
+    for index, item in enumerate(inputs):
+        member = _member(item, "r", INPUT_MODES, f"inputs[{index}]", base, source)
         if is_aggregator_file(member.path):
-            nested = load_aggregator(member.path)
+            nested = _load(member.path, loading)
             readable = [m for m in nested.outputs if m.mode == "rw"] + nested.inputs
             spec_inputs.extend(
                 MemberSpec(m.path, "r", m.label, m.dataset_types, {}) for m in readable
             )
         else:
             spec_inputs.append(member)
-    for item in outputs:
-        member = _member(item, "rw", OUTPUT_MODES, "output", base, source)
+    for index, item in enumerate(outputs):
+        member = _member(item, "rw", OUTPUT_MODES, f"outputs[{index}]", base, source)
         if is_aggregator_file(member.path):
-            spec_outputs.extend(load_aggregator(member.path).outputs)
+            spec_outputs.extend(_load(member.path, loading).outputs)
         else:
             spec_outputs.append(member)
     return AggregatorSpec(spec_inputs, spec_outputs, dict(policy or {}), source)
 
 
-def _list(value: object, what: str, file: Path) -> list[MemberItem]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ConfigError(f"{file}: {what} must be a list")
-    return value
+def _resolved(path: Path, source: str, key: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        fail(source, key, str(path), "a path that resolves", str(exc))
 
 
 def _member(
-    item: MemberItem,
+    item: object,
     default_mode: str,
     modes: tuple[str, ...],
-    role: str,
+    where: str,
     base: Path,
     source: str,
 ) -> MemberSpec:
+    role = "input" if where.startswith("inputs") else "output"
     if isinstance(item, str | os.PathLike):
-        item = {"path": os.fspath(item)}
+        try:
+            item = {"path": os.fspath(item)}
+        except TypeError:  # a PathLike whose __fspath__ returns bytes or worse
+            fail(source, where, item, "a path or a mapping with 'path'")
     if not isinstance(item, Mapping) or "path" not in item:
-        raise ConfigError(f"{source}: an {role} is a path or a mapping with 'path', not {item!r}")
-    unknown = set(item) - _ITEM_FIELDS
+        raise ConfigError(
+            f"{source}: {where}: an {role} is a path or a mapping with 'path', not {describe(item)}"
+        )
+    for name in item:
+        if not isinstance(name, str):
+            fail(source, f"a key of {where}", name, f"one of {', '.join(_ITEM_FIELDS)}")
+    path = item["path"]
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    text = expect_path(path, source, f"{where}.path")
+    unknown = [name for name in item if name not in _ITEM_FIELDS]
     if unknown:
         raise ConfigError(
-            f"{source}: {role} {item['path']} has unknown field(s) {sorted(unknown)}; "
+            f"{source}: {role} {text} has unknown field(s) {sorted(unknown)}; "
             f"allowed: {sorted(_ITEM_FIELDS)}"
         )
-    mode = str(item.get("mode", default_mode))
-    if mode not in modes:
+    mode = item.get("mode", default_mode)
+    if not isinstance(mode, str) or mode not in modes:
         fix = "list it under outputs" if role == "input" else "list it under inputs"
         raise ConfigError(
-            f"{source}: {role} {item['path']} has mode {mode!r}, but an {role} may only be "
+            f"{source}: {role} {text} has mode {describe(mode)}, but an {role} may only be "
             f"{' or '.join(repr(m) for m in modes)}; {fix} if that is what you mean"
         )
-    types = item.get("datasetTypes")
-    if types is not None and (
-        not isinstance(types, list) or not all(isinstance(t, str) for t in types)
-    ):
-        raise ConfigError(f"{source}: datasetTypes of {item['path']} must be a list of names")
-    storage = item.get("storage") or {}
-    if not isinstance(storage, Mapping):
-        raise ConfigError(f"{source}: storage of {item['path']} must map dataset types to formats")
     label = item.get("label")
-    path = Path(os.path.expanduser(str(item["path"])))
+    if label is not None:
+        label = check_label(label, source, f"{where}.label")
     return MemberSpec(
-        path=(base / path).resolve() if not path.is_absolute() else path.resolve(),
+        path=_resolved(base / os.path.expanduser(text), source, f"{where}.path"),
         mode=mode,
-        label=None if label is None else str(label),
-        dataset_types=None if types is None else frozenset(types),
-        storage={str(k): str(v) for k, v in storage.items()},
+        label=label,
+        dataset_types=_dataset_types(item.get("datasetTypes"), text, source, where),
+        storage=_storage(item.get("storage"), text, source, where),
     )
+
+
+def _dataset_types(value: object, path: str, source: str, where: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ConfigError(f"{source}: datasetTypes of {path} must be a list of names")
+    for index, name in enumerate(value):
+        try:
+            validate_dataset_type_name(name)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}.datasetTypes[{index}]: {exc}") from None
+    return frozenset(value)
+
+
+def _storage(value: object, path: str, source: str, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: storage of {path} must map dataset types to formats")
+    storage = expect_mapping(value, source, f"{where}.storage")
+    known = formats.known_formats()
+    for name, storage_format in storage.items():
+        if not isinstance(storage_format, str) or storage_format not in known:
+            fail(source, f"{where}.storage.{name}", storage_format, f"one of {', '.join(known)}")
+    return {name: str(storage_format) for name, storage_format in storage.items()}

@@ -40,7 +40,13 @@ from butler.policy import DatasetTypeDef, merge
 from butler.registry import Row
 from butler.repository import DataRepository, is_repository
 from butler.resolver import DatasetRef, Member, Resolver
-from butler.template import DataId, coerce_data_id, validate_dataset_type_name
+from butler.template import (
+    DataId,
+    as_data_id,
+    coerce_data_id,
+    coerce_version,
+    validate_dataset_type_name,
+)
 from butler.transaction import Payload, PlannedFile, Target
 
 RESERVED_KEYS = ("repositoryLabel", "version")
@@ -71,6 +77,11 @@ class Butler:
         if source is not None:
             if inputs or outputs:
                 raise ConfigError("give either a source or inputs/outputs, not both")
+            if not isinstance(source, str | os.PathLike) or "\x00" in os.fspath(source):
+                raise ConfigError(
+                    f"Butler source must be the path of a repository or an aggregator file, "
+                    f"not {type(source).__name__} {str(source)[:80]!r}"
+                )
             path = Path(source).expanduser().resolve()
             if is_repository(path):
                 spec = build_spec([], [{"path": str(path), "mode": "rw"}], policy, source=str(path))
@@ -377,7 +388,7 @@ class Butler:
                 for m in self.resolver.outputs
             ],
             "policy": self.resolver.policy.digest(),
-            "caller": json.loads(json.dumps(dict(caller or {}), default=_jsonable)),
+            "caller": _caller_provenance(caller),
         }
 
 
@@ -395,15 +406,12 @@ def _split(
     data_id: Mapping[str, object] | None, keys: Mapping[str, object]
 ) -> tuple[dict[str, object], int | None, str | None]:
     """Merge dataId and keywords; take out ``version`` and ``repositoryLabel``."""
-    merged = dict(data_id or {})
+    merged = as_data_id(data_id)  # a mapping, else InvalidDataIdError
     merged.update(keys)
     version = merged.pop("version", None)
     label = merged.pop("repositoryLabel", None)
     if version is not None:
-        try:
-            version = int(str(version))
-        except ValueError:
-            raise ConfigError(f"version must be a whole number, not {version!r}") from None
+        version = coerce_version(version)  # a positive int a registry can hold, else refused
     return merged, version, None if label is None else str(label)
 
 
@@ -532,6 +540,22 @@ def read_record(repo: DataRepository, txid: str) -> Entry:
         f"no record of transaction {txid} in {repo.path}; run 'butler verify' on the repository",
         errno=errno.ENOENT,
     )
+
+
+def _caller_provenance(caller: Mapping[str, object] | None) -> object:
+    """The caller's ``provenance=``, as JSON (a FormatError if it cannot be one)."""
+    if caller is not None and not isinstance(caller, Mapping):
+        raise FormatError(
+            f"provenance must be a mapping (a dict), not {type(caller).__name__}; "
+            "pass provenance={'key': value, ...}"
+        )
+    try:
+        return json.loads(json.dumps(dict(caller or {}), default=_jsonable))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise FormatError(
+            f"provenance cannot be recorded as JSON ({exc}); pass plain strings, numbers, "
+            "lists, dicts or DatasetRefs, without cycles"
+        ) from None
 
 
 def _jsonable(value: object) -> object:

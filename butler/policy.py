@@ -14,14 +14,17 @@ inheriting the dataset type's, then the genre's).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import posixpath
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from butler import formats, yamlio
+from butler.config import check_plain, describe, fail
 from butler.errors import ConfigError, Hint, UnknownDatasetTypeError, UnknownFormatError
+from butler.overlap import Shape, first_meeting, meeting, path_shape, template_shape
 from butler.suggest import did_you_mean
 from butler.template import KEY_TYPES, Template, validate_dataset_type_name
 
@@ -31,6 +34,18 @@ ON_EXISTS = ("version", "error")
 _GENRE_FIELDS = {"keys", "template", "storage", "python"}
 _TYPE_FIELDS = {"genre", "template", "storage", "python", "locations"}
 _LOCATION_FIELDS = {"template", "storage", "python", "mode"}
+#: A repository's own files beside its datasets (repository.py, registry.py): no template
+#: may render these names (``.butler/`` cannot: no component may start with '.').
+RESERVED_NAMES = (
+    "butler.yaml",
+    "registry.sqlite3",
+    "registry.sqlite3-wal",
+    "registry.sqlite3-shm",
+    "registry.sqlite3-journal",
+)
+_RESERVED_SHAPES = tuple(
+    path_shape(f"the repository's own file {name}", None, name) for name in RESERVED_NAMES
+)
 
 
 @dataclass(frozen=True)
@@ -117,15 +132,20 @@ class Policy:
         self.dataset_types = types
         on_exists = raw.get("on_exists", "version")
         self.on_exists = str(on_exists)
+        self._shapes: dict[str | None, list[Shape]] | None = None
+        self.source = "policy"  # where it was read, for messages: set by from_mapping
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, object] | None, source: str) -> Policy:
         """Validate ``raw``; every problem is a ConfigError naming ``source`` and the fix."""
+        check_plain(raw, source, "policy")  # before any walk: no cycle, no huge depth
+        if raw is not None and not isinstance(raw, Mapping):
+            fail(source, "policy", raw, "a mapping (genres, datasetTypes, on_exists)")
         data = dict(copy.deepcopy(raw or {}))
         _check_fields(data, {"on_exists", "genres", "datasetTypes"}, "policy", source)
         if data.get("on_exists", "version") not in ON_EXISTS:
             raise ConfigError(
-                f"{source}: on_exists is {data.get('on_exists')!r}; use one of {ON_EXISTS}"
+                f"{source}: on_exists is {describe(data.get('on_exists'))}; use one of {ON_EXISTS}"
             )
         genres = {
             name: _build_genre(name, spec, source)
@@ -135,33 +155,81 @@ class Policy:
             name: _build_type(name, spec, genres, source)
             for name, spec in _mapping(data.get("datasetTypes"), "datasetTypes", source).items()
         }
-        _check_no_shared_files(types, source)
-        return cls(data, genres, types)
+        _check_no_shared_files(types.values(), source)
+        policy = cls(data, genres, types)
+        policy.source = source
+        return policy
 
     def dataset_type(self, name: str) -> DatasetTypeDef:
-        try:
-            return self.dataset_types[name]
-        except KeyError:
+        definition = self.dataset_types.get(name) if isinstance(name, str) else None
+        if definition is None:
             known = ", ".join(sorted(self.dataset_types)) or "none"
             raise UnknownDatasetTypeError(
-                _unknown("dataset type", name, self.dataset_types) + f" (defined: {known})",
-                hint=Hint("define", {"name": name}),
-            ) from None
+                _unknown("dataset type", describe(name), self.dataset_types)
+                + f" (defined: {known})",
+                hint=Hint("define", {"name": str(name)}),
+            )
+        return definition
 
     def genre(self, name: str) -> Genre:
-        try:
-            return self.genres[name]
-        except KeyError:
+        genre = self.genres.get(name) if isinstance(name, str) else None
+        if genre is None:
             known = ", ".join(sorted(self.genres)) or "none"
             raise ConfigError(
-                _unknown("genre", name, self.genres) + f" (known: {known}); "
+                _unknown("genre", describe(name), self.genres) + f" (known: {known}); "
                 "add it under policy.genres"
-            ) from None
+            )
+        return genre
 
     def define(self, name: str, genre: str, overrides: Mapping[str, object]) -> DatasetTypeDef:
         """Build (without recording) a new dataset type of ``genre``."""
         spec: dict[str, object] = {"genre": genre, **overrides}
-        return _build_type(name, spec, self.genres, "define")
+        check_plain(spec, "define", f"dataset type {name!r}")
+        definition = _build_type(name, spec, self.genres, "define")
+        others = [d for d in self.dataset_types.values() if d.name != name]
+        _check_no_shared_files([*others, definition], "define")
+        return definition
+
+    def check_path_owner(self, dataset_type: str, paths: Sequence[str]) -> None:
+        """Refuse to write ``paths`` for ``dataset_type`` if another type could own them.
+
+        The put calls this with the paths it rendered, against the policy of the output it
+        writes to (that output's own butler.yaml): a path that a location of any *other*
+        dataset type there could also render, or that would be a file where the other
+        needs a directory (or the reverse), or one of the repository's own files, or a path
+        rendered twice, raises ConfigError naming both dataset types.  Nothing is written.
+        """
+        seen: set[str] = set()
+        shapes = self._shape_index()
+        for path in paths:
+            if path in seen:
+                raise ConfigError(
+                    f"{self.source}: two locations of dataset type {dataset_type!r} render "
+                    f"the same path {path!r}; give its locations templates (or storages) "
+                    "that differ"
+                )
+            seen.add(path)
+            mine = path_shape(f"dataset type {dataset_type!r}", dataset_type, path)
+            key = mine.first_literal
+            for other in shapes.get(key, []) + shapes.get(None, []):
+                if other.dataset_type == dataset_type:
+                    continue
+                how = meeting(mine, other)
+                if how is not None:
+                    raise ConfigError(
+                        f"{self.source}: cannot write {path!r} for dataset type "
+                        f"{dataset_type!r}: {other.owner} "
+                        f"can own it too ({how}); give one of them a template the other "
+                        "cannot render"
+                    )
+
+    def _shape_index(self) -> dict[str | None, list[Shape]]:
+        if self._shapes is None:
+            index: dict[str | None, list[Shape]] = {}
+            for shape in [*_RESERVED_SHAPES, *_shapes(self.dataset_types.values())]:
+                index.setdefault(shape.first_literal, []).append(shape)
+            self._shapes = index
+        return self._shapes
 
     def digest(self) -> str:
         """A stable hash of the policy, recorded in provenance."""
@@ -219,20 +287,33 @@ def assignments_to_policy(assignments: Iterable[str]) -> dict[str, object]:
     return result
 
 
-def _check_no_shared_files(types: Mapping[str, DatasetTypeDef], source: str) -> None:
-    """Two dataset types must never render to the same file."""
-    owners: dict[str, str] = {}
-    for name, definition in types.items():
-        for location in definition.locations:
-            if location.template.uses_dataset_type:
-                continue
-            other = owners.setdefault(location.template.text, name)
-            if other != name:
-                raise ConfigError(
-                    f"{source}: dataset types {other!r} and {name!r} would share the files of "
-                    f"template {location.template.text!r}; add {{datasetType}} to the template "
-                    "or give one of them its own template"
-                )
+def _shapes(definitions: Iterable[DatasetTypeDef]) -> list[Shape]:
+    return [
+        template_shape(f"dataset type {d.name!r} location {index}", d.name, location.template)
+        for d in definitions
+        for index, location in enumerate(d.locations)
+    ]
+
+
+def _check_no_shared_files(definitions: Iterable[DatasetTypeDef], source: str) -> None:
+    """No two locations (of two dataset types, or of one) may ever render the same file.
+
+    Nor may a file of one be a directory of another, or a repository's own file.  The
+    check is over the templates' languages (butler/overlap.py): sound, so a policy it
+    passes never shares a path; a pair it refuses comes with an example path.
+    """
+    found = first_meeting([*_RESERVED_SHAPES, *_shapes(definitions)])
+    if found is not None:
+        first, second, how = found
+        fix = (
+            "give one of them a template the other cannot render"
+            if first.dataset_type is not None
+            else f"rename {second.owner.rsplit(' location', 1)[0]} or change its template"
+        )
+        raise ConfigError(
+            f"{source}: {first.owner} and {second.owner} would share the files: {how}; {fix} "
+            "(e.g. start it with '{datasetType}/')"
+        )
 
 
 def _mapping(value: object, what: str, source: str) -> dict[str, object]:
@@ -240,7 +321,24 @@ def _mapping(value: object, what: str, source: str) -> dict[str, object]:
         return {}
     if not isinstance(value, Mapping):
         raise ConfigError(f"{source}: {what} must be a mapping, not {type(value).__name__}")
-    return {str(key): item for key, item in value.items()}
+    for key in value:
+        if not isinstance(key, str):  # YAML reads on, no, 1 as bool and int
+            fail(source, f"a name in {what}", key, "a str (quote it)")
+    return dict(value)
+
+
+def _text(spec: Mapping[str, object], name: str, where: str, source: str, default: object) -> str:
+    """A field that must be a str (a template), default ``default``."""
+    value = spec.get(name, default)
+    if not isinstance(value, str):
+        fail(source, f"{where} {name}", value, "a str")
+    return value
+
+
+def _python(value: object, where: str, source: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        fail(source, f"{where} python", value, "a dotted type name such as 'numpy.ndarray'")
+    return value
 
 
 def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, source: str) -> None:
@@ -251,17 +349,18 @@ def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, sour
         )
 
 
-def _unknown(what: str, name: str, known: Iterable[str]) -> str:
-    """``unknown genre 'exposre'; did you mean exposure?``"""
-    suggestion = did_you_mean(name, known)
-    return f"unknown {what} {name!r}" + (f"; {suggestion}" if suggestion else "")
+def _unknown(what: str, described: str, known: Iterable[str]) -> str:
+    """``unknown genre 'exposre'; did you mean exposure?`` (``described``: the name as
+    ``config.describe`` shows a value, quoted and bounded)."""
+    suggestion = did_you_mean(described.strip("'\""), known)
+    return f"unknown {what} {described}" + (f"; {suggestion}" if suggestion else "")
 
 
 def _check_storage(storage: object, what: str, source: str) -> str:
     if not isinstance(storage, str) or storage not in formats.known_formats():
         suggestion = did_you_mean(str(storage), formats.known_formats())
         raise UnknownFormatError(
-            f"{source}: {what} uses unknown storage format {storage!r}"
+            f"{source}: {what} uses unknown storage format {describe(storage)}"
             + (f"; {suggestion}" if suggestion else "")
             + f" (known: {', '.join(formats.known_formats())})"
         )
@@ -282,24 +381,30 @@ def _build_genre(name: str, spec: object, source: str) -> Genre:
                 f"{source}: {where} key {key!r} is reserved (data IDs use it to pick a "
                 f"version or repository); rename the key"
             )
-        if type_name not in KEY_TYPES:
+        if not isinstance(type_name, str) or type_name not in KEY_TYPES:
             raise ConfigError(
-                f"{source}: {where} key {key!r} has type {type_name!r}; use one of "
+                f"{source}: {where} key {key!r} has type {describe(type_name)}; use one of "
                 f"{sorted(KEY_TYPES)}"
             )
-        keys[key] = KEY_TYPES[str(type_name)]
-    template = str(spec["template"])
+        keys[key] = KEY_TYPES[type_name]
+    template = _text(spec, "template", where, source, None)
     _template(template, keys, where, source)
     storage = _check_storage(spec["storage"], where, source)
-    python = spec.get("python")
-    return Genre(name, keys, template, storage, None if python is None else str(python))
+    return Genre(name, keys, template, storage, _python(spec.get("python"), where, source))
 
 
 def _template(text: str, keys: dict[str, type], where: str, source: str) -> Template:
     try:
-        return Template(text, keys)
+        return _compiled(text, tuple(keys.items()))
     except ConfigError as exc:
         raise ConfigError(f"{source}: {where}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str, keys: tuple[tuple[str, type], ...]) -> Template:
+    """Templates are values: a genre's template, shared by its many dataset types (and
+    read again at every refresh of a policy), is compiled once."""
+    return Template(text, dict(keys))
 
 
 def _build_type(
@@ -313,22 +418,25 @@ def _build_type(
     spec = _mapping(spec, where, source)
     _check_fields(spec, _TYPE_FIELDS, where, source)
     genre_name = spec.get("genre")
-    if genre_name not in genres:
+    if not isinstance(genre_name, str) or genre_name not in genres:
         known = ", ".join(sorted(genres)) or "none"
         suggestion = did_you_mean(str(genre_name), genres)
         raise ConfigError(
-            f"{source}: {where} has unknown genre {genre_name!r}"
+            f"{source}: {where} has unknown genre {describe(genre_name)}"
             + (f"; {suggestion}" if suggestion else "")
             + f" (known: {known}); add the genre under policy.genres or pick a known one"
         )
-    genre = genres[str(genre_name)]
-    storage = str(spec.get("storage", genre.storage))
+    genre = genres[genre_name]
+    storage = spec.get("storage", genre.storage)
+    if not isinstance(storage, str):  # an unknown name is reported with the location
+        fail(source, f"{where} storage", storage, f"one of {', '.join(formats.known_formats())}")
     # A python type belongs to a storage format: changing one without the other keeps
     # the format's default rather than a type it cannot read as.
     python = spec.get("python", genre.python if storage == genre.storage else None)
+    _python(python, where, source)
     entries = spec.get("locations")
     if entries is None:
-        entries = [{"template": spec.get("template", genre.template), "mode": "rw"}]
+        entries = [{"template": _text(spec, "template", where, source, genre.template)}]
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{source}: {where} locations must be a non-empty list")
     locations = []
@@ -337,14 +445,15 @@ def _build_type(
         entry = _mapping(entry, lwhere, source)
         _check_fields(entry, _LOCATION_FIELDS, lwhere, source)
         mode = entry.get("mode", "rw")
-        if mode not in MODES:
-            raise ConfigError(f"{source}: {lwhere} has mode {mode!r}; use one of {MODES}")
-        template = _template(str(entry.get("template", genre.template)), genre.keys, lwhere, source)
+        if not isinstance(mode, str) or mode not in MODES:
+            raise ConfigError(f"{source}: {lwhere} has mode {describe(mode)}; use one of {MODES}")
+        text = _text(entry, "template", lwhere, source, genre.template)
+        template = _template(text, genre.keys, lwhere, source)
         lstorage = _check_storage(entry.get("storage", storage), lwhere, source)
-        lpython = entry.get("python", python if lstorage == storage else None)
-        locations.append(
-            Location(template, lstorage, None if lpython is None else str(lpython), str(mode))
+        lpython = _python(
+            entry.get("python", python if lstorage == storage else None), lwhere, source
         )
+        locations.append(Location(template, lstorage, lpython, mode))
     definition = DatasetTypeDef(name, genre.name, genre.keys, tuple(locations), dict(spec))
     definition.primary  # noqa: B018 - validates that some location is readable
     return definition

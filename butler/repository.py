@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from butler import layout, yamlio
+from butler.config import FORMAT_VERSION, check_label, load_repository_config
 from butler.confine import Root
 from butler.durable import fsync_directory, write_new
 from butler.errors import (
@@ -39,7 +40,6 @@ from butler.policy import DatasetTypeDef, Policy
 from butler.registry import Registry, Row, SQLiteRegistry
 from butler.settle import Settlement
 
-FORMAT_VERSION = 1
 CONFIG_NAME = layout.CONFIG
 REGISTRY_NAME = layout.REGISTRY
 INTERNAL = layout.INTERNAL
@@ -73,46 +73,27 @@ class DataRepository:
 
     # -- configuration -----------------------------------------------------------
 
-    def _read_config_bytes(self) -> bytes:
+    def _load_config(self) -> None:
+        """Read butler.yaml (never through a link; schema and bounds: butler/config.py)."""
+        config_path = self.path / CONFIG_NAME
         try:
             fd = self.root.open(CONFIG_NAME)
         except UnsafePathError:
             raise
         except OSError as exc:
             raise RepositoryError(
-                f"cannot read {self.path / CONFIG_NAME}: {os_error_text(exc)}", errno=exc.errno
+                f"cannot read {config_path}: {os_error_text(exc)}", errno=exc.errno
             ) from None
         try:
             self._config_stat = os.fstat(fd)
             with os.fdopen(fd, "rb", closefd=False) as stream:
-                return stream.read()
+                loaded = load_repository_config(config_path, stream)
         finally:
             os.close(fd)
-
-    def _load_config(self) -> None:
-        config_path = self.path / CONFIG_NAME
-        try:
-            config = yamlio.loads(self._read_config_bytes())
-        except yamlio.YAMLError as exc:
-            raise ConfigError(f"{config_path}: not valid YAML ({exc}); fix the file") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"{config_path}: must be a mapping with 'butler: 1' at the top")
-        version = config.get("butler")
-        if version != FORMAT_VERSION:
-            raise RepositoryError(
-                f"{config_path}: format version {version!r} is not supported (this butler "
-                f"reads version {FORMAT_VERSION}); upgrade butlerfs or use a matching version"
-            )
-        self.config: dict[str, object] = config
-        self.label = str(config.get("label") or self.path.name)
-        parents = config.get("parents") or []
-        if not isinstance(parents, list):
-            raise ConfigError(f"{config_path}: parents must be a list of paths")
-        self.parents = [(self.path / str(parent)).resolve() for parent in parents]
-        raw_policy = config.get("policy") or {}
-        if not isinstance(raw_policy, Mapping):
-            raise ConfigError(f"{config_path}: policy must be a mapping")
-        self.policy = Policy.from_mapping(raw_policy, str(config_path))
+        self.config: dict[str, object] = loaded.raw
+        self.label = loaded.label or self.path.name
+        self.parents = loaded.parent_paths(self.path)
+        self.policy = Policy.from_mapping(loaded.policy, str(config_path))
 
     def reload_config_if_changed(self) -> bool:
         """Reread butler.yaml if another process changed it (e.g. a define)."""
@@ -205,6 +186,8 @@ class DataRepository:
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
             raise RepositoryError(f"{root} exists and is not an empty directory; choose a new path")
         Policy.from_mapping(policy, f"policy for new repository {root}")
+        if label is not None:
+            check_label(label, f"new repository {root}")  # checked again at every open
         try:
             root.mkdir(parents=True, exist_ok=True)
             for sub in layout.DIRECTORIES:

@@ -153,15 +153,16 @@ class Resolver:
                     "list it once, as an output with mode rw"
                 )
         self._output_types: dict[tuple[str, str], DatasetTypeDef] = {}
+        self._search_members()  # validates the effective policy before anything is touched
         #: What recovery did when the outputs were opened (``butler repair`` reports it).
         self.recovered: list[recovery.Action] = []
+        policies = [output.repo.policy for output in self.outputs if output.exists]
         for output in self.outputs:
             if output.exists:
                 self.recovered += self._prepare_output(output.repo)
-        for output in self.outputs:  # a put recovery finished may have defined a type
-            if output.exists:
-                output.repo.reload_config_if_changed()
-        self._search_members()
+        # A put recovery finished may have recorded a dataset type in its output.
+        if policies != [output.repo.policy for output in self.outputs if output.exists]:
+            self._search_members()
 
     def _search_members(self) -> None:
         """Search order and labels (again after an output is created)."""

@@ -10,7 +10,7 @@ import numbers
 import re
 import string
 from collections.abc import Callable, Mapping
-from reprlib import repr as _quote  # hostile values can be huge: keep messages short
+from reprlib import repr as _short_repr
 from typing import NoReturn
 
 from butler.errors import ConfigError, InvalidDataIdError
@@ -22,6 +22,10 @@ KEY_TYPES: dict[str, type] = {"int": int, "str": str}
 
 DATASET_TYPE = "datasetType"  # the built-in field every template may use
 MAX_COMPONENT_BYTES = 255  # NAME_MAX on Linux and macOS: a longer name cannot be created
+MAX_PATH_BYTES = 4095  # PATH_MAX less its NUL: no longer relative path can be opened
+# Registries store int values as signed 64-bit integers (SQLite INTEGER, PostgreSQL BIGINT):
+# a value outside fails only once it is written, after the put's point of no return.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # ASCII only (int() also takes "١٢", " 12", "1_2"); longer never fits a component anyway.
@@ -30,10 +34,20 @@ _DECIMAL = re.compile(r"-?[0-9]{1,254}")
 _UNSAFE = "/\x00-\x1f\x7f-\x9f\ud800-\udfff"
 _FORBIDDEN_CHAR = re.compile(f"[{_UNSAFE}]")
 _STR_PATTERN = f"[^{_UNSAFE}.\\-][^{_UNSAFE}]*?"  # unsafe fails in the regex: it backtracks
-_INT_SPEC = re.compile(r"0?[0-9]*d?")
+_INT_SPEC = re.compile(r"(0?)([0-9]*)(d?)")
 _STR_SPECS = ("", "s")
 _Part = tuple[str, str | None, str]  # (literal before, field, spec); field None ends a component
 _Groups = tuple[tuple[str, Callable[[str], DataIdValue]], ...]  # per regex group: (field, convert)
+
+
+def _quote(value: object) -> str:
+    """A short repr for a message: hostile values can be huge, or fail to print at all."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses > 4300 digits
+        return f"<an int of {value.bit_length()} bits>"
+    try:
+        return _short_repr(value)
+    except Exception:  # a str() limit inside a container, or a __repr__ that raises
+        return f"<a {type(value).__name__}>"
 
 
 def _too_long(text: str) -> bool:
@@ -45,9 +59,16 @@ def _bad_component(name: str) -> bool:
     return not name or name[0] in ".-" or _too_long(name)
 
 
+def int_width(spec: str) -> int:
+    """The width of a valid int spec ('07d' -> 7), capped: a huge one never reaches int()."""
+    match = _INT_SPEC.fullmatch(spec)
+    digits = match.group(2).lstrip("0") if match else ""
+    return int(digits or 0) if len(digits) <= 4 else 10**4
+
+
 def _int_pattern(spec: str) -> str:
     """Match only what format() writes, so a wrong split fails inside the regex and backtracks."""
-    plain, width = "0|-?[1-9][0-9]*", int(spec.rstrip("d") or 0)
+    plain, width = "0|-?[1-9][0-9]*", int_width(spec)
     if spec[:1] not in ("", "0", "d"):
         return f" *(?:{plain})"  # a width without the 0 flag pads with spaces
     if width < 2:
@@ -70,16 +91,7 @@ def validate_dataset_type_name(name: str) -> str:
 def coerce_value(key: str, value: object, key_type: type) -> DataIdValue:
     """Turn an untrusted value into the key's type, refusing anything unsafe in a path."""
     if key_type is int:
-        if type(value) is int:
-            return value
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            return int(value)  # numpy integers
-        if isinstance(value, str) and _DECIMAL.fullmatch(value):
-            return int(value)
-        raise InvalidDataIdError(
-            f"data ID key {key!r} expects an int, got {_quote(value)} ({type(value).__name__}); "
-            "pass an integer or a short decimal string such as '12' or '-3'"
-        )
+        return _in_range(key, _as_int(key, value))
     if key_type is not str or not isinstance(value, str):
         raise InvalidDataIdError(
             f"data ID key {key!r} expects a str, got {_quote(value)} ({type(value).__name__})"
@@ -101,15 +113,61 @@ def coerce_value(key: str, value: object, key_type: type) -> DataIdValue:
     )
 
 
+def _as_int(key: str, value: object) -> int:
+    if type(value) is int:
+        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)  # numpy integers
+    if isinstance(value, str) and _DECIMAL.fullmatch(value):
+        return int(value)
+    raise InvalidDataIdError(
+        f"data ID key {key!r} expects an int, got {_quote(value)} ({type(value).__name__}); "
+        "pass an integer or a short decimal string such as '12' or '-3'"
+    )
+
+
+def _in_range(key: str, value: int, low: int = INT_MIN) -> int:
+    if low <= value <= INT_MAX:
+        return value
+    why = "versions count from 1" if low == 1 else "registries store signed 64-bit integers"
+    raise InvalidDataIdError(
+        f"data ID key {key!r} is {_quote(value)}, outside {low}..{INT_MAX}; {why}, so pass "
+        "a value in that range"
+    )
+
+
+def _parsed_int(key: str, text: str) -> int:
+    """An int field read back from a path: in the registry's range, else no match."""
+    return _in_range(key, int(text))  # the regex admits only digits (and padding spaces)
+
+
+def coerce_version(value: object) -> int:
+    """A ``version=`` from a data ID: a positive int (or decimal string) a registry can hold."""
+    return _in_range("version", _as_int("version", value), low=1)
+
+
+def as_data_id(data_id: object) -> dict[str, object]:
+    """A caller's data ID as a fresh dict (None is empty); anything but a mapping is refused."""
+    if data_id is None:
+        return {}
+    if not isinstance(data_id, Mapping):
+        raise InvalidDataIdError(
+            f"a data ID is a mapping of key to value, not {_quote(data_id)} "
+            f"({type(data_id).__name__}); pass e.g. {{'visit': 12}} or keywords"
+        )
+    return dict(data_id)
+
+
 def coerce_data_id(
     data_id: Mapping[str, object], keys: Mapping[str, type], *, partial: bool = False
 ) -> DataId:
     """Check a whole data ID at once, so a mistyped key is reported rather than ignored."""
+    data_id = as_data_id(data_id)
     for key in data_id:
         if key not in keys:
             suggestion = did_you_mean(key, keys)
             raise InvalidDataIdError(
-                f"unknown data ID key {key!r}"
+                f"unknown data ID key {_quote(key)}"
                 + (f"; {suggestion}" if suggestion else "")
                 + f" (valid keys: {', '.join(keys) or 'none'})"
             )
@@ -128,6 +186,10 @@ class Template:
 
     def __init__(self, text: str, keys: Mapping[str, type]) -> None:
         self.text = text
+        if not isinstance(text, str):
+            self._fail(f"is a {type(text).__name__}; write the template as a string")
+        if len(text) > MAX_PATH_BYTES:
+            self._fail(f"is longer than {MAX_PATH_BYTES} characters, the longest path there is")
         self.keys: dict[str, type] = dict(keys)
         for key, key_type in self.keys.items():
             if not _NAME.fullmatch(key) or key == DATASET_TYPE or key_type not in (int, str):
@@ -136,6 +198,9 @@ class Template:
                     f"(not {DATASET_TYPE}) and key types are int or str"
                 )
         parts = self._split()
+        #: Per component, its (literal before, field, spec) parts; a field None ends it.
+        self.parts: tuple[tuple[_Part, ...], ...] = tuple(map(tuple, parts))
+        self._check_lengths()
         self._regex, self._groups = self._compile(parts)
         self._by_component = tuple(self._compile([component]) for component in parts)
         self._fields = tuple({field for field, _ in groups} for _, groups in self._by_component)
@@ -151,7 +216,33 @@ class Template:
         self.depth = len(parts)
 
     def _fail(self, problem: str) -> NoReturn:
-        raise ConfigError(f"template {self.text!r} {problem}")
+        text = self.text if isinstance(self.text, str) else ""
+        shown = repr(text) if len(text) <= 200 else repr(text[:200]) + "..."
+        raise ConfigError(f"template {shown} {problem}")
+
+    def _check_lengths(self) -> None:
+        """Refuse a template no data ID can render: a component or path over the limits."""
+        total = 0
+        for index, component in enumerate(self.parts):
+            shortest = sum(
+                len(literal.encode()) + self._shortest_field(field, spec)
+                for literal, field, spec in component
+            )
+            if shortest > MAX_COMPONENT_BYTES:
+                self._fail(
+                    f"renders component {index + 1} in at least {shortest} bytes, but a file "
+                    f"or directory name holds at most {MAX_COMPONENT_BYTES}; shorten it"
+                )
+            total += shortest + 1
+        if total - 1 > MAX_PATH_BYTES:
+            self._fail(f"renders paths of at least {total - 1} bytes; shorten it")
+
+    def _shortest_field(self, field: str | None, spec: str) -> int:
+        if field is None:
+            return 0
+        if self.keys.get(field) is int:
+            return max(int_width(spec), 1)
+        return 1
 
     def _split(self) -> list[list[_Part]]:
         """Split into components of parts, checking every field and component on the way."""
@@ -196,7 +287,13 @@ class Template:
             is_int = self.keys.get(field) is int
             if not (_INT_SPEC.fullmatch(spec) if is_int else spec in _STR_SPECS):
                 allowed = "'', 'd' or a width like '07d'" if is_int else "no spec or 's'"
-                self._fail(f"gives {field} format spec {spec!r}; use {allowed}")
+                self._fail(f"gives {field} format spec {_quote(spec)}; use {allowed}")
+            if is_int and int_width(spec) > MAX_COMPONENT_BYTES:
+                self._fail(
+                    f"gives {field} the width {_quote(spec)}; a width is at most "
+                    f"{MAX_COMPONENT_BYTES} (a file name holds at most {MAX_COMPONENT_BYTES} "
+                    "bytes), e.g. '07d'"
+                )
         elif "." in field or "[" in field:
             self._fail(f"uses attribute or index access in {{{field}}}; use a plain key name")
         else:
@@ -222,7 +319,7 @@ class Template:
                 if field == DATASET_TYPE:  # the pattern admits only valid names
                     body = "[A-Za-z][A-Za-z0-9_]*?"
                 elif self.keys[field] is int:
-                    convert, body = int, _int_pattern(spec)
+                    convert, body = functools.partial(_parsed_int, field), _int_pattern(spec)
                 else:  # the coercion still checks the length
                     body = _STR_PATTERN
                     convert = functools.partial(coerce_value, field, key_type=str)

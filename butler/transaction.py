@@ -320,6 +320,8 @@ def prepare_put(
     version = max([writer.max_version(entry.dataset_type, key), *taken]) + 1
     made: list[str] = []
     config_staged = ""
+    # No other dataset type of this output may own these paths (templates that collide).
+    repo.policy.check_path_owner(entry.dataset_type, [record.path for record in entry.files])
     try:
         for record in entry.files:
             kept = layout.version_file(version, record.path)

@@ -26,7 +26,7 @@ import trio
 
 from butler import Butler
 from butler.aggregator import MemberItem
-from butler.errors import ButlerError
+from butler.errors import ButlerError, ConfigError
 from butlerfs import systemd
 from butlerfs.access import Access
 from butlerfs.attributes import Owner
@@ -115,6 +115,8 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted or signalled; StartupError if it cannot start."""
     try:
         butler = open_butler(config)
+    except ConfigError as exc:  # a bad butler.yaml or aggregator file: exit status 2
+        raise StartupError(f"cannot open {config.fsname}: {exc}", 2) from None
     except (ButlerError, OSError) as exc:
         raise StartupError(f"cannot open {config.fsname}: {exc}") from None
     check_mountpoint(config.mountpoint, butler)
@@ -268,6 +270,13 @@ async def _reload(tree: Tree, invalidator: Invalidator) -> None:
         await tree.reload()
     except (ButlerError, OSError) as exc:
         log.error("SIGHUP: reloading failed, keeping the previous configuration: %s", exc)
+        return
+    except Exception as exc:  # a library bug must not end the mount either
+        log.error(
+            "SIGHUP: reloading failed (internal error %s: %s), keeping the previous configuration",
+            type(exc).__name__,
+            exc,
+        )
         return
     invalidator.everything()
     log.info("SIGHUP: reloaded the repositories and policies")
