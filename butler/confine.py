@@ -92,8 +92,12 @@ openat2 = _Openat2()
 
 def _components(path: str) -> list[str]:
     parts = path.split("/")
-    if not path or any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"not a plain relative path: {path!r}")
+    if not path or any(part in ("", ".", "..") for part in parts) or "\x00" in path:
+        raise UnsafePathError(
+            f"{path!r} is not a plain relative path inside a repository (a registry or "
+            "journal naming it is damaged or forged); run 'butler verify' on the repository",
+            errno=errno.EINVAL,
+        )
     return parts
 
 
@@ -126,6 +130,7 @@ class Root:
 
     def open(self, relative: str, flags: int = os.O_RDONLY, mode: int = 0o644) -> int:
         """An fd on ``relative`` (created if ``flags`` say so), never through a link."""
+        _components(relative)  # openat2 would refuse ".." too, but not say why
         flags |= os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = openat2(self.fd, relative, flags, mode, _CONFINED)
@@ -234,6 +239,10 @@ class Root:
 
     def _explain(self, exc: OSError, relative: str) -> OSError:
         """ELOOP/ENOTDIR/EXDEV from a confined lookup: say which entry is not ours."""
+        if exc.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+            link = self._first_link(relative)
+            if link is not None:
+                return _unsafe(self.path, link, "a symbolic link is in the way")
         if exc.errno in (errno.ELOOP, errno.EXDEV):
             return _unsafe(self.path, relative, "a symbolic link is in the way")
         if exc.errno == errno.ENOTDIR:
@@ -244,6 +253,28 @@ class Root:
             )
         exc.filename = self.absolute(relative)
         return exc
+
+    def _first_link(self, relative: str) -> str | None:
+        """The first component of ``relative`` that is a symbolic link, if any."""
+        fd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.fd)
+        done: list[str] = []
+        try:
+            for part in relative.split("/"):
+                done.append(part)
+                try:
+                    found = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                except OSError:
+                    return None
+                if stat.S_ISLNK(found.st_mode):
+                    return "/".join(done)
+                if not stat.S_ISDIR(found.st_mode):
+                    return None
+                child = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        finally:
+            os.close(fd)
+        return None
 
     # -- entries -----------------------------------------------------------------
 

@@ -25,10 +25,12 @@ from butler import layout, recovery
 from butler.aggregator import AggregatorSpec, MemberSpec
 from butler.errors import (
     AmbiguousDataIdError,
+    ButlerError,
     ConfigError,
     DatasetNotFoundError,
     Hint,
     RepositoryError,
+    reason_of,
 )
 from butler.ordering import dataset_key
 from butler.policy import DatasetTypeDef, Policy, merge
@@ -183,7 +185,11 @@ class Resolver:
             repo.check_registry()
         except RepositoryError:
             return []  # recovery needs the registry: 'butler reindex' runs it afterwards
-        return recovery.recover(repo)
+        try:
+            return recovery.recover(repo)
+        except (ButlerError, OSError) as exc:  # its internals are damaged (a planted link?)
+            repo.problems.append(f"recovery could not run: {reason_of(exc)}")
+            return []
 
     # -- construction --------------------------------------------------------
 

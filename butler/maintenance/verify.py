@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from butler import layout
-from butler.errors import ButlerError, RepositoryError, reason_of
+from butler.errors import ButlerError, RepositoryError, UnsafePathError, reason_of
 from butler.journal import PutEntry, TornEntryError
 from butler.maintenance.common import (
     Progress,
@@ -135,7 +135,13 @@ def scan(found: list[Member], progress: Progress | None) -> Scan:
             result.report.problems.append(problem)
             continue
         rows = repo.registry.all_files()
-        result.report.problems.extend(_history(member, rows, result))
+        try:
+            result.report.problems.extend(_history(member, rows, result))
+        except UnsafePathError:
+            pass  # a link in .butler/: the walk of the tree below reports it
+        except (ButlerError, OSError) as exc:
+            message = f"{member.label}: cannot read its records and journals: {reason_of(exc)}"
+            result.report.problems.append(_problem(RECOVERY, member, message))
         result.report.problems.extend(_tree(member, rows))
         listing.extend((member, row) for row in rows)
     for done, (member, row) in enumerate(listing, 1):

@@ -110,9 +110,15 @@ def classify(outputs: list[Path]) -> str:
     return "nothing pending (between puts)"
 
 
-def scan(repo: Path, visits: range) -> dict[int, list[tuple[int, str, str]]]:
-    """visit -> [(version, tag, sha256)] in ``repo`` (opened alone: it recovers first)."""
-    found: dict[int, list[tuple[int, str, str]]] = {}
+#: (repository, visit, version, sha256) -> tag: a version's bytes never change, so each
+#: is read once (the final verify hashes every file again).
+_TAGS: dict[tuple[Path, int, int, str], str] = {}
+
+
+def scan(repo: Path, visits: range) -> dict[int, list[tuple[int, str, str, bool]]]:
+    """visit -> [(version, tag, sha256, current)] in ``repo`` (opened alone: it recovers
+    first); a removed current version is not current."""
+    found: dict[int, list[tuple[int, str, str, bool]]] = {}
     with Butler(repo) as butler:
         for visit in visits:
             try:
@@ -120,14 +126,14 @@ def scan(repo: Path, visits: range) -> dict[int, list[tuple[int, str, str]]]:
             except LookupError:
                 found[visit] = []
                 continue
-            found[visit] = [
-                (
-                    ref.version,
-                    butler.get("note", visit=visit, version=ref.version)["tag"],
-                    ref.sha256,
-                )
-                for ref in refs
-            ]
+            exists = butler.exists("note", visit=visit)
+            current = butler.ref("note", visit=visit).version if exists else 0
+            found[visit] = []
+            for ref in refs:
+                key = (repo, visit, ref.version, ref.sha256)
+                if key not in _TAGS:
+                    _TAGS[key] = butler.get("note", visit=visit, version=ref.version)["tag"]
+                found[visit].append((ref.version, _TAGS[key], ref.sha256, ref.version == current))
     return found
 
 
