@@ -214,9 +214,9 @@ def _int(value: object) -> int:
 
 
 def _float(value: object) -> float:
-    if type(value) not in (int, float):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a number, got {type(value).__name__}")
-    return float(value)  # type: ignore[arg-type]  # checked just above
+    return float(value)
 
 
 def _data_id(value: object) -> DataId:

@@ -137,7 +137,7 @@ def _repair_one(problem: Problem, member: Member, result: Scan, found: list[Memb
             raise _Unrepairable("not repaired: no registry row names it")
         return _restore_file(member, row[1], problem, result)
     if problem.kind == UNSETTLED:
-        raise _Unrepairable("not repaired: settling it failed (see the actions)")
+        return _finish_from_copies(member, problem, result)
     raise _Unrepairable("not repaired: fix it as the message says")
 
 
@@ -190,6 +190,43 @@ def _copy_in(repo: DataRepository, source: Path, relative: str, sha256: str) -> 
 def _sibling(path: str, name: str) -> str:
     directory = path.rpartition("/")[0]
     return f"{directory}/{name}" if directory else name
+
+
+# -- committed puts whose bytes are gone here ---------------------------------------------
+
+
+def _finish_from_copies(member: Member, problem: Problem, result: Scan) -> Action:
+    """A committed put this output could not apply (its staged bytes are gone): stage a
+    verified copy of each file from any repository holding it, then recover again."""
+    repo = member.repo
+    try:
+        entry = decode(_read(repo, layout.journal(problem.txid)))
+    except (OSError, ButlerError):
+        raise _Unrepairable("not repaired: its journal cannot be read") from None
+    if not isinstance(entry, PutEntry):
+        raise _Unrepairable("not repaired: settling it failed (see the actions)")
+    with repo.locks.repository():
+        for record in entry.files:
+            staged = layout.staged(record.staged)
+            if not record.staged or repo.root.exists(staged):
+                continue
+            source = result.good.get(record.sha256)
+            if source is None:
+                raise _Unrepairable(
+                    f"no repository holds a good copy of {record.path} (sha256 "
+                    f"{record.sha256[:16]}…); put the dataset again"
+                )
+            _copy_in(repo, source, staged, record.sha256)
+    actions = recovery.recover(repo)
+    if repo.root.exists(layout.journal(entry.txid)):
+        reasons = "; ".join(a.message for a in actions if a.txid == entry.txid)
+        raise _Unrepairable(f"not repaired: {reasons or 'recovery left it'}")
+    return Action(
+        "rolled forward",
+        member.label,
+        f"put {entry.txid} of {entry.dataset_type} {entry.data_id} finished from copies",
+        entry.txid,
+    )
 
 
 # -- records --------------------------------------------------------------------------------
