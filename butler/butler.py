@@ -37,6 +37,7 @@ from butler.errors import (
 )
 from butler.journal import Entry, PutEntry, decode
 from butler.policy import DatasetTypeDef, merge
+from butler.prepare import INLINE_LIMIT, Payload, PlannedFile, Target
 from butler.registry import Row
 from butler.repository import DataRepository, is_repository
 from butler.resolver import DatasetRef, Member, Resolver
@@ -47,7 +48,6 @@ from butler.template import (
     coerce_version,
     validate_dataset_type_name,
 )
-from butler.transaction import Payload, PlannedFile, Target
 
 RESERVED_KEYS = ("repositoryLabel", "version")
 
@@ -458,7 +458,7 @@ def _payloads_from_file(file: Path, storages: set[str]) -> dict[str, Payload]:
         if storage == native or (native is None and len(storages) == 1):
             format_.check(os.fspath(file))
             digest, size = _hash_file(file)
-            small = size <= transaction.INLINE_LIMIT
+            small = size <= INLINE_LIMIT
             data = file.read_bytes() if small else None
             if data is not None and len(data) != size:
                 raise FormatError(f"{file} changed while it was being put; retry")

@@ -167,7 +167,7 @@ class Policy:
             raise UnknownDatasetTypeError(
                 _unknown("dataset type", describe(name), self.dataset_types)
                 + f" (defined: {known})",
-                hint=Hint("define", {"name": str(name)}),
+                hint=Hint("define", {"name": _short(name)}),
             )
         return definition
 
@@ -347,6 +347,12 @@ def _check_fields(spec: Mapping[str, object], allowed: set[str], what: str, sour
         raise ConfigError(
             f"{source}: {what} has unknown field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
+
+
+def _short(name: object) -> str:
+    """A name for a hint: hostile names can be huge; messages stay one short line."""
+    text = str(name)
+    return text if len(text) <= 64 else text[:60] + "…"
 
 
 def _unknown(what: str, described: str, known: Iterable[str]) -> str:

@@ -34,11 +34,11 @@ from butler.errors import (
 )
 from butler.ordering import dataset_key
 from butler.policy import DatasetTypeDef, Policy, merge
+from butler.prepare import Definition
 from butler.registry import Row, canonical_data_id
 from butler.repository import DataRepository, is_repository
 from butler.suggest import unknown_label_error
 from butler.template import DataId, coerce_data_id
-from butler.transaction import Definition
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ MOST = 3  # more than three suggestions is a list, and the messages list the nam
 
 def close_matches(name: str, known: Iterable[str]) -> list[str]:
     """The known names closest to ``name``, best first; a match ignoring case comes first."""
+    if not isinstance(name, str) or len(name) > 255:  # hostile input: no suggestion
+        return []
     candidates = [str(each) for each in known if each != name]
     folded = [each for each in candidates if each.casefold() == name.casefold()]
     if folded:

@@ -170,8 +170,8 @@ def test_a_writer_killed_anywhere_leaves_all_or_nothing(
             for repo in outputs[1:]:
                 assert views[repo] == first, f"trial {trial}: {repo.name} differs from A"
             for _visit, versions in first.items():
-                assert [v for v, _, _ in versions] == list(range(1, len(versions) + 1))
-            present = {tag: version for versions in first.values() for version, tag, _ in versions}
+                assert [v for v, *_ in versions] == list(range(1, len(versions) + 1))
+            present = {tag: version for versions in first.values() for version, tag, *_ in versions}
             for tag, version in finished.items():
                 assert present.get(tag) == version, f"finished put {tag} lost"
             assert set(present) <= begun | set(finished) | set(present_before(trial, first))

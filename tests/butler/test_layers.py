@@ -25,6 +25,7 @@ ORDER = [
     "ordering",
     "aggregator",
     "transaction",
+    "prepare",
     "recovery",
     "apply",
     "repository",
