@@ -89,6 +89,23 @@ class _Openat2:
 
 openat2 = _Openat2()
 
+_AT_EACCESS = 0x200
+_libc: ctypes.CDLL | None = None
+
+
+def write_denied(dir_fd: int) -> int:
+    """0 if the process may create entries in the directory ``dir_fd``, else the errno
+    that says why not: EACCES (permission), EROFS (a read-only mount, bind mounts
+    included), EPERM (immutable).  ``faccessat(AT_EACCESS)``: os.access only says no."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.faccessat.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int)
+        _libc.faccessat.restype = ctypes.c_int
+    if _libc.faccessat(dir_fd, b".", os.W_OK | os.X_OK, _AT_EACCESS) == 0:
+        return 0
+    return ctypes.get_errno() or errno.EACCES
+
 
 def _components(path: str) -> list[str]:
     parts = path.split("/")

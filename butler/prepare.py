@@ -32,6 +32,7 @@ from pathlib import Path
 
 from butler import layout
 from butler.apply import ensure_reserve
+from butler.confine import write_denied
 from butler.durable import COPY_CHUNK, write_all, write_new
 from butler.errors import DatasetExistsError, RegistryDamagedError, TransactionError
 from butler.journal import FileRecord, PutEntry, RemovalEntry
@@ -188,6 +189,7 @@ def prepare_put(
     version = max([writer.max_version(entry.dataset_type, key), *taken]) + 1
     made: list[str] = []
     config_staged = ""
+    mount = staging_mount(repo)
     # No other dataset type of this output may own these paths (templates that collide).
     repo.policy.check_path_owner(entry.dataset_type, [record.path for record in entry.files])
     try:
@@ -202,8 +204,8 @@ def prepare_put(
                     errno=errno.EEXIST,
                 )
             check_replaceable(repo, record.path)
-            probe_directory(repo, record.path.rpartition("/")[0], made)
-            probe_directory(repo, kept.rpartition("/")[0], made)
+            probe_directory(repo, record.path.rpartition("/")[0], made, mount)
+            probe_directory(repo, kept.rpartition("/")[0], made, mount)
         paths = {record.path for record in entry.files}
         stale = tuple(sorted({row.path for row in current} - paths))
         for path in stale:
@@ -232,7 +234,7 @@ def prepare_removal(repo: DataRepository, writer: RegistryWriter, entry: Removal
     """Prepare (the output locked) taking ``entry``'s files off their template paths."""
     for path in entry.paths:
         check_replaceable(repo, path)
-        probe_directory(repo, path.rpartition("/")[0])
+        probe_directory(repo, path.rpartition("/")[0], mount=staging_mount(repo))
     ensure_reserve(repo.root)
     writer.remove(entry)  # proves the registry can record it
     return Prepared(repo, entry, writer)
@@ -258,30 +260,32 @@ def check_replaceable(repo: DataRepository, path: str) -> None:
         )
 
 
-def probe_directory(repo: DataRepository, directory: str, made: list[str] | None = None) -> None:
+def probe_directory(
+    repo: DataRepository, directory: str, made: list[str] | None = None, mount: str = ""
+) -> None:
     """Make ``directory`` (never through a link) and prove that apply can make an entry in
-    it: an unnamed file created there (``O_TMPFILE``: no name, so a crash leaves nothing)
-    fails as apply's link or rename would (a read-only or immutable directory, no
-    permission, no inode), and the directory must be on the mount of the staging
-    directory (a rename cannot cross mounts, bind mounts included)."""
+    it: writable to this process (not read-only, not immutable, permitted: what apply's
+    link or rename needs), and on ``mount``, the staging directory's mount (a rename
+    cannot cross mounts, bind mounts included).  No inode is needed after the commit
+    point (apply only links and renames), and a directory entry that needs a block gets
+    the reserve's."""
     with repo.root.directory(directory, create=True, made=made) as fd:
-        try:
-            try:
-                os.close(os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=fd))
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
-                    raise
-                # No O_TMPFILE on this filesystem (NFS): ask for the permission instead.
-                if not os.access(".", os.W_OK, dir_fd=fd, effective_ids=True):
-                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES)) from None
-            with repo.root.directory(layout.STAGING) as staging:
-                if _mount_of(fd) != _mount_of(staging):
-                    raise OSError(
-                        errno.EXDEV,
-                        "is another mount than the repository's .butler (a bind mount?)",
-                    )
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, repo.root.absolute(directory)) from None
+        number = write_denied(fd)
+        if number == 0 and mount and _mount_of(fd) != mount:
+            number = errno.EXDEV
+        if number:
+            why = (
+                "is another mount than the repository's .butler (a bind mount?)"
+                if number == errno.EXDEV
+                else os.strerror(number)
+            )
+            raise OSError(number, why, repo.root.absolute(directory))
+
+
+def staging_mount(repo: DataRepository) -> str:
+    """The mount id of the repository's staging directory (where renames start from)."""
+    with repo.root.directory(layout.STAGING) as fd:
+        return _mount_of(fd)
 
 
 def _mount_of(fd: int) -> str:

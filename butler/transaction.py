@@ -82,7 +82,11 @@ def put(
         for target in targets
         for index, planned in enumerate(target.files)
     ]
-    results = _each(lambda item: stage(item[0], item[1], payloads[item[2].storage]), staged)
+    # Small payloads are written without fsync: a thread hop would cost more than it saves.
+    flushed = any(payloads[p.storage].size > INLINE_LIMIT for _, _, p in staged)
+    results = _each(
+        lambda item: stage(item[0], item[1], payloads[item[2].storage]), staged, flushed
+    )
     failure = _first_failure(results, [repo for repo, _, _ in staged])
     if failure is None:  # a large staged file's name must survive too: recovery reads it
         large = list(
@@ -204,7 +208,7 @@ def _apply_all(prepared: Sequence[Prepared], what: str) -> list[Prepared]:
         commit(item.repo, item.writer, item.entry)
         faults.crash_point("applied")
 
-    results = _each(apply, prepared)
+    results = _each(apply, prepared, concurrently=False)  # no flush: quick in one thread
     failures = []
     for item, result in zip(prepared, results, strict=True):
         if isinstance(result, BaseException):
@@ -260,17 +264,20 @@ def _failed(exc: BaseException, repo: DataRepository, doing: str) -> BaseExcepti
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def _each(function: Callable[[T], object], items: Iterable[T]) -> list[object]:
-    """``function`` over ``items``, concurrently (fsync releases the GIL); each result or
-    the exception it raised."""
+def _each(
+    function: Callable[[T], object], items: Iterable[T], concurrently: bool = True
+) -> list[object]:
+    """``function`` over ``items`` (concurrently: fsync releases the GIL; the first item
+    runs in this thread); each result or the exception it raised."""
     items = list(items)
-    if len(items) < 2 or faults.enabled():  # crash tests need a fixed order
+    if len(items) < 2 or not concurrently or faults.enabled():  # crash tests: fixed order
         return [_call(function, item) for item in items]
     global _pool
     if _pool is None:
         _pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="butler-put")
-    futures = [_pool.submit(_call, function, item) for item in items]
-    return [future.result() for future in futures]
+    futures = [_pool.submit(_call, function, item) for item in items[1:]]
+    first = _call(function, items[0])
+    return [first, *(future.result() for future in futures)]
 
 
 def _call(function: Callable[[T], object], item: T) -> object:
