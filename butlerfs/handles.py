@@ -38,6 +38,8 @@ class Snapshot:
 class DraftFile:
     draft: Draft
     writable: bool
+    opener: int = 0  # the task that opened it: whose exit a flush is judged by (no patch)
+    wrote: bool = False  # written through this handle
 
 
 @dataclass

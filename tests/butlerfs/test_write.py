@@ -165,10 +165,13 @@ def test_namespaces_other_than_the_union_are_read_only(mounted: Mount) -> None:
         assert caught.value.errno == errno.EROFS, path
 
 
-def test_a_bad_file_fails_at_close_and_puts_nothing(mounted: Mount, layout: Layout) -> None:
+def test_a_bad_file_fails_at_close_and_puts_nothing(
+    mounted: Mount, layout: Layout, tmp_path: Path
+) -> None:
     target = exposure_path("calexp", 3, 9)
+    whole = write_image(tmp_path / "image.fits", 39)
     fd = os.open(mounted.path(target), os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"this is not a FITS file")
+    os.write(fd, whole[: len(whole) // 2])  # begins like FITS, but is cut short
     with pytest.raises(OSError) as caught:
         os.close(fd)
     assert caught.value.errno == errno.EINVAL
