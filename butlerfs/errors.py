@@ -115,11 +115,24 @@ def _system_cause(exc: BaseException) -> int | None:
     return None
 
 
+#: What to do, for the system's errors that reach a client as they are.
+ADVICE = {
+    errno.ENOSPC: "free space where the outputs are, then write it again",
+    errno.EDQUOT: "the outputs' owner is over quota: free space or raise the quota",
+    errno.EMFILE: "the daemon has too many files open: close some (or raise its limit, "
+    "LimitNOFILE= or ulimit -n, and mount again), then retry",
+    errno.ENFILE: "the system has too many files open: close some, then retry",
+    errno.ENOMEM: "the daemon is out of memory: retry when there is more",
+}
+
+
 def reason_of(exc: BaseException) -> str:
-    """The human reason: a ButlerError's message, an OSError's strerror and file name."""
+    """The human reason: a ButlerError's message, an OSError's strerror and file name (and
+    what to do, for the system's errors that say it)."""
     if isinstance(exc, OSError) and not isinstance(exc, ButlerError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror}"
+        advice = ADVICE.get(exc.errno or 0)
+        return f"{where}{exc.strerror}" + (f"; {advice}" if advice else "")
     return str(exc)
 
 

@@ -29,6 +29,9 @@ from pathlib import Path
 #: Lines ``.butler/log`` keeps: the last few hundred refusals are what a user looks for.
 RECENT_LINES = 500
 
+#: FUSE requests by the system call a user made.
+_CALLS = {"flush": "close", "setattr": "truncate", "lookup": "stat", "getxattr": "getfattr"}
+
 
 @dataclass(frozen=True)
 class Refusal:
@@ -67,7 +70,8 @@ def line_of(record: logging.LogRecord) -> str:
         if refusal.path is not None:
             where = f" /{refusal.path}"
             reason = reason.removeprefix(f"/{refusal.path}: ")
-        text = f"{when} {refusal.operation}{where} {refusal.errno_name}: {reason}"
+        operation = _CALLS.get(refusal.operation, refusal.operation)
+        text = f"{when} {operation}{where} {refusal.errno_name}: {reason}"
     else:
         text = f"{when} {record.levelname} {record.getMessage()}"
         if record.exc_info:
