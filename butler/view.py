@@ -54,6 +54,9 @@ META = (REPOS, VERSIONS, INTERNAL)
 #: How a version's file is opened: read-only, never following a symbolic link.
 OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
+#: Lasting names of versions kept (a path each): the files a mount reads again and again.
+_LASTING_NAMES = 65_536
+
 
 class Area(enum.Enum):
     """The namespaces of the mounted tree."""
@@ -231,6 +234,8 @@ class View:
         self._members = self.resolver.search + [
             m for m in self.resolver.outputs if m not in self.resolver.search
         ]
+        self._by_label = {m.label: m for m in reversed(self._members)}  # the first wins
+        self._lasting: dict[tuple[str, int, str], str | None] = {}
         self.revision += 1  # last: what was listed with the old index has the old number
 
     locate = staticmethod(locate)
@@ -599,26 +604,34 @@ class View:
         return again
 
     def _lasting_name(self, ref: DatasetRef) -> str | None:
-        """The name version ``ref`` keeps for good, if it is not ``ref.path`` already."""
-        member = next((m for m in self._members if m.label == ref.repository), None)
-        if member is None:
-            return None
-        settled = Row(
-            ref.dataset_type,
-            "",
-            ref.version,
-            ref.txid,
-            ref.committed,
-            current=False,
-            removed=False,
-            location=0,
-            path=ref.relative_path,
-            storage=ref.storage,
-            size=ref.size,
-            sha256=ref.sha256,
-        )
-        name = str(member.repo.file_of(settled))
-        return None if name == ref.path else name
+        """The name version ``ref`` keeps for good, if it is not ``ref.path`` already
+        (the repository says where: ``file_of`` a version that is not current)."""
+        key = (ref.repository, ref.version, ref.relative_path)
+        lasting = self._lasting.get(key, "")
+        if lasting != "":
+            return lasting
+        member = self._by_label.get(ref.repository)
+        if member is not None:
+            settled = Row(
+                ref.dataset_type,
+                "",
+                ref.version,
+                ref.txid,
+                ref.committed,
+                current=False,
+                removed=False,
+                location=0,
+                path=ref.relative_path,
+                storage=ref.storage,
+                size=ref.size,
+                sha256=ref.sha256,
+            )
+            name = str(member.repo.file_of(settled))
+            lasting = None if name == ref.path else name
+        if len(self._lasting) >= _LASTING_NAMES:
+            self._lasting.clear()
+        self._lasting[key] = lasting
+        return lasting
 
     # -- change tracking ----------------------------------------------------
 

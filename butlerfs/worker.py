@@ -88,7 +88,7 @@ class _CachedOpen:
     def __init__(self) -> None:
         self.enabled = sys.platform.startswith("linux")
         self._syscall: Callable[..., int] | None = None
-        self._how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC, 0, _RESOLVE_CACHED)
+        self._how = _OpenHow(os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, 0, _RESOLVE_CACHED)
 
     def __call__(self, path: str) -> int | None:
         if self._syscall is None:
@@ -117,14 +117,18 @@ class _CachedOpen:
         )
         if fd >= 0:
             return fd
-        if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
+        number = ctypes.get_errno()
+        if number == errno.ENOENT:  # the kernel's cache knows the name is absent
+            raise FileNotFoundError(number, os.strerror(number), path)
+        if number in (errno.ENOSYS, errno.EINVAL, errno.E2BIG, errno.EPERM):
             self.enabled = False  # no openat2, or no RESOLVE_CACHED (Linux < 5.12), or seccomp
             self._syscall = None
         return None  # EAGAIN: not all cached; any other error: the worker says it properly
 
 
 #: ``open_cached(path)``: an O_RDONLY fd if the kernel has every component of ``path`` in
-#: its caches, else None (the caller opens it in a worker thread).
+#: its caches; FileNotFoundError if its caches know that ``path`` does not exist (a
+#: negative entry); else None (the caller opens it in a worker thread).
 open_cached = _CachedOpen()
 
 

@@ -46,6 +46,7 @@ class Writes:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
         self.worker = tree.worker
+        self._formats_loaded: set[str] = set()  # checked on the trio thread from then on
 
     # -- where writes may go ----------------------------------------------------
 
@@ -142,8 +143,13 @@ class Writes:
 
     async def write(self, draft: Draft, offset: int, data: bytes) -> int:
         """Write to the draft; bytes at offset 0 must be able to begin its format's file."""
-        if offset == 0 and draft.content_format is not None and not draft.is_scratch:
-            await self.worker.run(_check_start, draft.content_format, data, draft.path)
+        storage = draft.content_format
+        if offset == 0 and storage is not None and not draft.is_scratch:
+            if storage in self._formats_loaded:
+                _check_start(storage, data, draft.path)  # a few bytes compared: no hop
+            else:  # the first use of a format imports its library (astropy...)
+                await self.worker.run(_check_start, storage, data, draft.path)
+                self._formats_loaded.add(storage)
         return await scratch.write(draft, self.worker, offset, data)
 
     def ready_to_commit(self, draft: Draft) -> bool:
@@ -364,8 +370,7 @@ class Writes:
 
 
 def _check_start(storage: str, data: bytes, path: str) -> None:
-    """FormatError (EINVAL) if ``data`` cannot begin a file of ``storage`` (in a worker:
-    the first use of a format imports its library)."""
+    """FormatError (EINVAL) if ``data`` cannot begin a file of ``storage``."""
     try:
         check_start(formats.get_format(storage), bytes(data[:64]))
     except FormatError as exc:

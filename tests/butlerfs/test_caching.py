@@ -299,4 +299,7 @@ def test_cached_open_and_read(tmp_path: Path) -> None:
         assert at_end is not None and bytes(at_end) == b""
     finally:
         os.close(fd)
-    assert open_cached(str(tmp_path / "missing")) is None
+    with pytest.raises(FileNotFoundError):  # after a lookup, the kernel knows it is absent
+        os.stat(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        open_cached(str(tmp_path / "missing"))
