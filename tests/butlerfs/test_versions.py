@@ -134,6 +134,29 @@ def test_held_files_and_maps_keep_their_version(repo: Path, start_mount: MountFa
         assert hashlib.sha256(data).hexdigest() == digest, number
 
 
+def test_a_map_keeps_its_version_while_the_path_is_overwritten_through_the_mount(
+    repo: Path, start_mount: MountFactory, tmp_path: Path
+) -> None:
+    mount = start_mount(str(repo))
+    path = mount.path(INFO.format(2))
+    first = version_bytes(repo, 2, 1)
+    with open(path, "rb") as held:
+        mapped = mmap.mmap(held.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            assert bytes(mapped) == first
+            # cp over it: opens the dataset (the same inode) for writing, truncates, writes.
+            newer = b"version: 2\n" + b"# " + b"z" * len(first) + b"\n"
+            (tmp_path / "newer.yaml").write_bytes(newer)
+            copied = subprocess.run(["cp", str(tmp_path / "newer.yaml"), str(path)], check=False)
+            assert copied.returncode == 0
+            assert path.read_bytes() == newer
+            assert bytes(mapped) == first
+            held.seek(0)
+            assert held.read() == first
+        finally:
+            mapped.close()
+
+
 def test_a_new_version_shows_within_a_second_each_time(
     repo: Path, start_mount: MountFactory
 ) -> None:
