@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     mountpoint.mkdir()
 
     print("\n== 2. mount the aggregator")
-    run(tool("butlerfs"), "mount", aggregator, mountpoint)
+    run(tool("butlerfs"), "mount", aggregator, mountpoint, "-o", f"log={root / 'butlerfs.log'}")
     try:
         demo_mounted(root, aggregator, mountpoint)
     finally:
@@ -115,6 +115,8 @@ def demo_mounted(root: Path, aggregator: Path, mountpoint: Path) -> None:
     )
     print(f"$ cp {new.name} {mountpoint}/notes.fits\n{done.stderr.strip()}")
     assert done.returncode != 0
+    print("\n   the reason, as the mount tells it")
+    run("cat", mountpoint / ".butler" / "log")
 
 
 if __name__ == "__main__":

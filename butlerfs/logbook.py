@@ -69,7 +69,8 @@ def line_of(record: logging.LogRecord) -> str:
         where = ""
         if refusal.path is not None:
             where = f" /{refusal.path}"
-            reason = reason.removeprefix(f"/{refusal.path}: ")
+            for said in (f"/{refusal.path}: ", f"{refusal.path}: "):  # said once is enough
+                reason = reason.removeprefix(said)
         operation = _CALLS.get(refusal.operation, refusal.operation)
         text = f"{when} {operation}{where} {refusal.errno_name}: {reason}"
     else:
