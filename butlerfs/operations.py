@@ -30,7 +30,6 @@ from collections.abc import Sequence
 import pyfuse3
 
 from butler.errors import DatasetNotFoundError
-from butler.view import INTERNAL
 from butlerfs import scratch, xattrs
 from butlerfs.access import Access, checked, checks_caller_itself
 from butlerfs.attributes import Owner, absent, attributes
@@ -47,7 +46,7 @@ from butlerfs.handles import (
     Snapshot,
 )
 from butlerfs.inodes import InodeId, InodeTable
-from butlerfs.tree import Tree
+from butlerfs.tree import Tree, is_internal_file
 from butlerfs.worker import open_cached, read_cached
 from butlerfs.writes import Writes
 
@@ -328,7 +327,7 @@ class Operations(pyfuse3.Operations):
         if draft is not None and (writable or draft.inode == inode):
             self.writes.attach(draft, writable)
             return DraftFile(draft, writable, opener=pid)
-        if path.startswith(INTERNAL + "/"):
+        if is_internal_file(path):
             return Snapshot(await self.tree.internal_file(path))
         fd, entry = await self.tree.open_dataset(path, inode)
         return BackingFile(fd, path, entry.size)

@@ -106,6 +106,12 @@ def dataset_paths(label: str, relative: str) -> list[str]:
     return [posixpath.join(REPOS, label, relative), relative, posixpath.join(VERSIONS, relative)]
 
 
+def is_internal_file(path: str) -> bool:
+    """A file of the mount's own (``.butler/<name>``), made when read."""
+    place = locate(path)
+    return place.area is Area.INTERNAL and bool(place.relative)
+
+
 @dataclass(frozen=True)
 class Settings:
     mountpoint: str
@@ -176,7 +182,7 @@ class Tree:
         entry = self.known(path)
         if entry is not None:
             return entry
-        if path.startswith(INTERNAL + "/"):
+        if is_internal_file(path):
             return self._internal_entry(path, await self.internal_file(path))
         generation = self.cache.generation
         parent = path.rpartition("/")[0]
