@@ -12,6 +12,9 @@ natural where the problem is found:
                                cause chain) with an errno that says why (ENOSPC,
                                EDQUOT, EMFILE, ...), that errno
     OSError                    its own errno (EIO when it has none)
+    sqlite3.Error              a registry's answer: SQLITE_FULL is ENOSPC, READONLY
+                               EROFS, PERM EACCES, NOMEM ENOMEM; any other EIO, with
+                               SQLite's reason (not a bug: no traceback)
     anything else              EIO, and the traceback is logged: a bug in the daemon
 
 A *refusal* (a write the mount will not do: EROFS, EACCES, EINVAL, ...) is
@@ -31,6 +34,7 @@ import functools
 import inspect
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
@@ -81,6 +85,17 @@ SYSTEM_CAUSES = frozenset(
 )
 _GENERIC = frozenset({errno.EIO, errno.EINVAL})
 
+#: SQLite's primary result codes (``sqlite3.Error.sqlite_errorname``) that say why.
+SQLITE_ERRNOS = {
+    "SQLITE_FULL": errno.ENOSPC,
+    "SQLITE_READONLY": errno.EROFS,
+    "SQLITE_PERM": errno.EACCES,
+    "SQLITE_NOMEM": errno.ENOMEM,
+}
+
+#: Failures that are answers, not bugs: logged with their reason, never a traceback.
+EXPECTED = (ButlerError, OSError, sqlite3.Error)
+
 #: The mount path the current request is about, for the log line of its refusal.
 REQUEST_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "butlerfs_request_path", default=None
@@ -100,17 +115,28 @@ def errno_of(exc: BaseException) -> int:
         return number
     if isinstance(exc, OSError):
         return exc.errno or errno.EIO
+    if isinstance(exc, sqlite3.Error):
+        return _sqlite_errno(exc) or errno.EIO
     return errno.EIO
 
 
+def _sqlite_errno(exc: sqlite3.Error) -> int | None:
+    """The errno for SQLite's result code (an extended one, SQLITE_READONLY_DBMOVED, by its
+    primary code), if it says why."""
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return SQLITE_ERRNOS.get("_".join(name.split("_")[:2]))
+
+
 def _system_cause(exc: BaseException) -> int | None:
-    """The errno of the first system OSError in ``exc``'s cause chain, if it says why."""
+    """The errno of the first system failure in ``exc``'s cause chain, if it says why."""
     seen: set[int] = set()
     cause = exc.__cause__ or exc.__context__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, OSError) and not isinstance(cause, ButlerError):
             return cause.errno if cause.errno in SYSTEM_CAUSES else None
+        if isinstance(cause, sqlite3.Error):
+            return _sqlite_errno(cause)
         cause = cause.__cause__ or cause.__context__
     return None
 
@@ -144,7 +170,7 @@ def refusal(number: int, message: str) -> OSError:
 def _answer(operation: str, exc: Exception) -> int:
     number = errno_of(exc)
     name = errno.errorcode.get(number, str(number))
-    if not isinstance(exc, ButlerError | OSError):
+    if not isinstance(exc, EXPECTED):
         refusal = Refusal(operation, REQUEST_PATH.get(), name, "internal error: a bug")
         log.error(
             "%s failed with an unexpected error (answered EIO)",

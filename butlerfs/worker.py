@@ -7,7 +7,8 @@ Every FUSE request is a trio task; one slow registry query must not hold up
 the ``read`` of another process.  The capacity limit bounds the threads (and
 so the SQLite connections, one per thread) however many requests arrive.
 
-An expected failure (a ButlerError or an OSError: a refused put, a full disk)
+An expected failure (a ButlerError, an OSError, a registry's sqlite3.Error: a
+refused put, a full disk)
 leaves the thread without its traceback.  The traceback's frames hold the
 failed call's locals — a put's whole payload among them — and trio's thread
 machinery keeps the exception in reference cycles that the daemon's rare
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import TypeVar, TypeVarTuple
@@ -49,7 +51,7 @@ class Worker:
 def _called(function: Callable[[*Ts], T], *args: *Ts) -> T:
     try:
         return function(*args)
-    except (ButlerError, OSError) as exc:
+    except (ButlerError, OSError, sqlite3.Error) as exc:
         drop_tracebacks(exc)
         raise
 

@@ -6,7 +6,9 @@ import errno
 import gc
 import inspect
 import logging
+import sqlite3
 import weakref
+from pathlib import Path
 
 import pyfuse3
 import pytest
@@ -78,6 +80,23 @@ def test_errno_says_why(
     exception: BaseException, cause: BaseException, suppress: bool, number: int
 ) -> None:
     assert errno_of(_raised(exception, cause, suppress)) == number
+
+
+def test_a_registry_failure_is_an_answer_not_a_bug(tmp_path: Path) -> None:
+    """SQLite's own failures (the registry's) map by their result code, and are logged as
+    refusals, without a traceback."""
+    database = tmp_path / "registry.sqlite3"
+    sqlite3.connect(database).close()
+    database.chmod(0o444)
+    readonly = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        with pytest.raises(sqlite3.Error) as caught:
+            readonly.execute("CREATE TABLE t (x)")
+    finally:
+        readonly.close()
+    assert errno_of(caught.value) == errno.EROFS
+    assert errno_of(_raised(TransactionError("put"), caught.value, False)) == errno.EROFS
+    assert errno_of(sqlite3.OperationalError("no such table")) == errno.EIO
 
 
 def test_an_errno_of_the_instance_is_used() -> None:
