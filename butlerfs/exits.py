@@ -18,6 +18,12 @@ its files (proc(5)):
   status shifted left by 8 otherwise.  Shown only to a reader allowed to trace
   the task (the same user, or root); others read 0.
 
+A close is also not the last one when the closing process still has the file
+open through another descriptor — ``dup``, or numpy's ``tofile``, which writes
+through a duplicate it then closes: :func:`holds_for_writing` tells, from
+``/proc/<pid>/fdinfo`` (``flags`` and ``ino`` of each descriptor), so that the
+draft is committed at the close of the last descriptor, not of the first.
+
 The exit code decides when it can be read: in a multithreaded process that
 calls ``exit()``, the other threads are ended by an internal SIGKILL and carry
 ``PF_SIGNALED`` although the process exits normally, and any of them may be
@@ -71,3 +77,29 @@ def _sees_exit_code(pid: int) -> bool:
         return os.stat(f"/proc/{pid}").st_uid == os.geteuid()
     except OSError:
         return False
+
+
+def holds_for_writing(pid: int, inode: int) -> bool:
+    """Has task ``pid``'s process a descriptor open for writing on inode ``inode``?
+
+    Reads ``/proc/<pid>/fdinfo/*`` (one small read per descriptor; nothing here asks
+    the mount itself, so it cannot wait for the daemon).  False when it cannot tell.
+    """
+    directory = f"/proc/{pid}/fdinfo"
+    try:
+        descriptors = os.listdir(directory)
+    except OSError:
+        return False
+    wanted = f"ino:\t{inode}\n"
+    for descriptor in descriptors:
+        try:
+            with open(f"{directory}/{descriptor}", encoding="ascii", errors="replace") as file:
+                info = file.read()
+        except OSError:
+            continue  # closed meanwhile
+        if wanted not in info:
+            continue
+        flags = next((line for line in info.splitlines() if line.startswith("flags:")), "")
+        if int(flags.partition(":")[2].strip() or "0", 8) & os.O_ACCMODE != os.O_RDONLY:
+            return True
+    return False

@@ -277,7 +277,8 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         draft = await self.writes.create(self._child(parent_inode, name), mode)
         self.writes.attach(draft, writable=True)
-        fh = self.handles.add(DraftFile(draft, writable=True, opener=ctx.pid))
+        handle = DraftFile(draft, writable=True, opener=ctx.pid, inode=draft.inode)
+        fh = self.handles.add(handle)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._reply(self.tree.draft_entry(draft))
 
     @checks_caller_itself
@@ -326,7 +327,7 @@ class Operations(pyfuse3.Operations):
             draft = await self.writes.open_for_writing(path)
         if draft is not None and (writable or draft.inode == inode):
             self.writes.attach(draft, writable)
-            return DraftFile(draft, writable, opener=pid)
+            return DraftFile(draft, writable, opener=pid, inode=inode)
         if is_internal_file(path):
             return Snapshot(await self.tree.internal_file(path))
         fd, entry = await self.tree.open_dataset(path, inode)
@@ -366,7 +367,7 @@ class Operations(pyfuse3.Operations):
             return  # nothing to commit or discard: no need to ask who closes
         REQUEST_PATH.set(draft.path)
         pid = ctx.pid if ctx is not None else handle.opener
-        await self.writes.closed_by(draft, exit_of(pid), pid, handle.wrote)
+        await self.writes.closed_by(draft, exit_of(pid), pid, handle.wrote, handle.inode)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         handle = self._draft_file(fh)

@@ -32,7 +32,7 @@ from butler.view import REPOS, Area, WriteTarget, locate
 from butlerfs import scratch
 from butlerfs.entries import Entry
 from butlerfs.errors import errno_of, refusal
-from butlerfs.exits import Exit
+from butlerfs.exits import Exit, holds_for_writing
 from butlerfs.logbook import Refusal
 from butlerfs.scratch import Draft, is_scratch_path
 from butlerfs.tree import Tree, dataset_paths
@@ -156,14 +156,18 @@ class Writes:
         """At the close of a writer: is it the last writer of a changed template-path draft?"""
         return draft.dirty and draft.writers == 1 and not draft.is_scratch and not draft.discarded
 
-    async def closed_by(self, draft: Draft, state: Exit, pid: int, wrote: bool) -> None:
-        """A flush of a writable handle by task ``pid``: commit, or discard if killed."""
+    async def closed_by(self, draft: Draft, state: Exit, pid: int, wrote: bool, inode: int) -> None:
+        """A flush of a writable handle by task ``pid``: commit if it is the last close of
+        the last writer; discard if the task was killed."""
         if state is Exit.KILLED:
             if wrote and not draft.discarded:
                 await self.abandon(draft, pid)
             return  # a killed task's close is never a put
-        if self.ready_to_commit(draft):
-            await self.commit(draft)
+        if not self.ready_to_commit(draft):
+            return
+        if await self.worker.run(holds_for_writing, pid, inode):
+            return  # a duplicate was closed (dup, numpy's tofile): its last close commits
+        await self.commit(draft)
 
     async def abandon(self, draft: Draft, pid: int) -> None:
         """The writer was killed by a signal: its draft is not finished, so it is dropped."""
