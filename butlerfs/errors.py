@@ -107,7 +107,7 @@ def errno_of(exc: BaseException) -> int:
     if isinstance(exc, pyfuse3.FUSEError):
         return exc.errno
     if isinstance(exc, ButlerError):
-        number = exc.errno
+        number = exc.errno or errno.EIO  # per instance; None: the library could not tell
         if number in _GENERIC:
             cause = _system_cause(exc)
             if cause is not None:
