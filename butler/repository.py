@@ -277,14 +277,27 @@ class DataRepository:
 
     def open_file(self, row: Row) -> int:
         """An fd on exactly this version's file, opened without following any link."""
+        fd = self.open_version(row.version, row.path, current=row.current and not row.removed)
+        assert fd is not None
+        return fd
+
+    def open_version(
+        self, version: int, path: str, *, cached: bool = False, current: bool = True
+    ) -> int | None:
+        """An fd on version ``version`` of the file at template path ``path``: its own
+        name, never through a link.  With ``cached``, None unless the kernel can resolve
+        it without waiting for the disk (hot paths try that first)."""
+        relative = layout.version_file(version, path)
+        if cached:
+            return self.root.open_cached(relative)
         try:
-            return self.root.open(layout.version_file(row.version, row.path))
+            return self.root.open(relative)
         except FileNotFoundError:
-            if not (row.current and not row.removed):
+            if not current:
                 raise
         # A repository written before every version had its own name (round 1) keeps
-        # its current versions at the template path only, until its owner opens it.
-        return self.root.open(row.path)
+        # its current versions at the template path only.
+        return self.root.open(path)
 
     def close(self) -> None:
         self.settlement.settle_all(self.locks)

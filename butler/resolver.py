@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import posixpath
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -365,6 +366,55 @@ class Resolver:
             if rows:
                 return [self.ref(member, row) for row in rows]
         raise self._not_found(dataset_type, data_id, self.members_for(label), None)
+
+    # -- one directory of the union (butler.view; added for the mount) -------------
+
+    def list_union(
+        self,
+        directory: str,
+        *,
+        include_removed: bool = False,
+        start: str = "",
+        limit: int = -1,
+        keep: Callable[[Member, Row], bool] | None = None,
+    ) -> tuple[list[tuple[str, tuple[Member, Row] | None]], str | None]:
+        """The names directly inside ``directory`` across the search order, sorted, each
+        with the (member, row) of the first repository in search order holding a file of
+        that name (of the files ``keep`` accepts), or None for a directory; a repository's
+        subdirectory shadows its own file of the same name.
+
+        With ``start`` and ``limit``, each repository is read from ``start`` on, at most
+        ``limit`` names of each kind (the registry's (directory, name) index); the result
+        is then complete only up to the second value returned, the smallest last name of
+        a repository that filled its window (None: to the end).
+        """
+        names: dict[str, tuple[Member, Row] | None] = {}
+        last: str | None = None
+
+        def window_end(found: list[str]) -> None:
+            nonlocal last
+            if 0 < limit <= len(found):
+                last = found[-1] if last is None else min(last, found[-1])
+
+        for member in self.search:
+            subdirs, rows = member.repo.registry.list_directory(
+                directory,
+                primary_only=True,
+                include_removed=include_removed,
+                start=start,
+                limit=limit,
+            )
+            window_end(subdirs)
+            window_end([posixpath.basename(row.path) for row in rows])
+            for name in subdirs:
+                names.setdefault(name, None)
+            for row in rows:
+                if keep is not None and not keep(member, row):
+                    continue
+                names.setdefault(posixpath.basename(row.path), (member, row))
+        return [(name, names[name]) for name in sorted(names)], last
+
+    # -- refs --------------------------------------------------------------------
 
     def ref(self, member: Member, row: Row) -> DatasetRef:
         path = str(member.repo.file_of(row))

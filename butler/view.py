@@ -4,6 +4,10 @@
     .repos/<label>/<path>       one repository alone, every file it holds (an output's
                                 takes writes, by its own templates, for it alone)
     .versions/<view path>/v<N><ext>   every version of a dataset, removed ones too
+    .butler/                    the mount's own files (status, log): not the library's
+
+A path is parsed once, by :func:`locate`, into a :class:`Place` (its namespace and
+the parts that namespace needs); every method here and the mount match on that.
 
 A dataset's *view path* is its type's template in the effective policy (the
 first repository in search order defining the type, under the aggregator's
@@ -11,14 +15,21 @@ overrides) rendered with its data ID.  Path to dataset is a template parse
 plus one registry lookup per repository; a directory listing is one indexed
 query per repository for that directory's own entries, never a scan.
 ``.butler/status`` is the mount's own business; :meth:`View.status` feeds it.
+
+Versions never change, so a version's file is opened by :meth:`View.open_version`,
+which returns a descriptor on exactly that version's bytes whatever is put meanwhile.
 """
 
 from __future__ import annotations
 
+import difflib
+import enum
+import os
 import posixpath
-from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
+from butler import formats
 from butler.butler import Butler
 from butler.errors import (
     ButlerError,
@@ -28,14 +39,65 @@ from butler.errors import (
     ReadOnlyError,
 )
 from butler.policy import DatasetTypeDef
-from butler.registry import Row
+from butler.registry import Row, canonical_data_id
 from butler.resolver import DatasetRef, Member, Resolver
 from butler.template import DataId, Template
 
 REPOS = ".repos"
 VERSIONS = ".versions"
-STATUS = ".butler"
-SPECIAL = (REPOS, VERSIONS, STATUS)
+INTERNAL = ".butler"
+#: The namespaces besides the union view, reached by name from the root (the mount lists
+#: them there only with ``-o showmeta``: SPEC §8).
+META = (REPOS, VERSIONS, INTERNAL)
+
+#: How a version's file is opened: read-only, never following a symbolic link.
+OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+#: Lasting names of versions kept (a path each): the files a mount reads again and again.
+
+
+class Area(enum.Enum):
+    """The namespaces of the mounted tree."""
+
+    UNION = "union"
+    REPOS = REPOS
+    VERSIONS = VERSIONS
+    INTERNAL = INTERNAL
+
+
+@dataclass(frozen=True)
+class Place:
+    """A path of the tree, parsed once: its namespace and the parts that namespace needs.
+
+    ``path`` is the whole path (relative, no leading slash; "" is the root).
+    ``label`` is the repository of a ``.repos/<label>/...`` path ("" for ``.repos``
+    itself and in the other namespaces).  ``relative`` is the path inside the
+    namespace: the union path itself, the path inside the repository, the union path
+    (and version name) below ``.versions/``, or the name below ``.butler/``.
+    """
+
+    area: Area
+    path: str
+    label: str = ""
+    relative: str = ""
+
+    @property
+    def is_namespace_root(self) -> bool:
+        """``.repos``, ``.repos/<label>``, ``.versions`` or ``.butler`` itself."""
+        return self.area is not Area.UNION and not self.relative
+
+
+def locate(path: str) -> Place:
+    """The :class:`Place` of a tree path (relative, no leading slash)."""
+    head, _, rest = path.partition("/")
+    if head == REPOS:
+        label, _, relative = rest.partition("/")
+        return Place(Area.REPOS, path, label, relative)
+    if head == VERSIONS:
+        return Place(Area.VERSIONS, path, relative=rest)
+    if head == INTERNAL:
+        return Place(Area.INTERNAL, path, relative=rest)
+    return Place(Area.UNION, path, relative=path)
 
 
 class Node:
@@ -88,6 +150,15 @@ class Node:
         return None if self._ref is None else self._ref.dataset_type
 
     @property
+    def txid(self) -> str | None:
+        """The transaction that committed this version (None for a directory): with the
+        path, what names one version's file for good (the mount's inode numbers)."""
+        row = self._row
+        if row is not None:
+            return row.txid
+        return None if self._ref is None else self._ref.txid
+
+    @property
     def size(self) -> int:
         row = self._row
         if row is not None:
@@ -117,6 +188,9 @@ class WriteTarget:
     #: The outputs to put to (``Butler.ingest(outputs=...)``): the one a ``.repos/<label>/``
     #: path names; None for a union path (every accepting output).
     outputs: tuple[str, ...] | None = None
+    #: The storage format the written bytes are read as (by the path's extension, else
+    #: the type's): what their first bytes must look like.
+    content_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +199,8 @@ class _TemplateEntry:
     types: tuple[str, ...]
 
 
+#: How :meth:`View.open_version` opens a name: an fd; FileNotFoundError if nothing is
+#: there; None if it cannot tell without waiting (the mount's non-blocking opens).
 class View:
     def __init__(self, butler: Butler) -> None:
         self.butler = butler
@@ -146,6 +222,7 @@ class View:
         self._by_depth = by_depth
         self._view_template = {name: d.primary.template.text for name, d in types.items()}
         self._stored: dict[tuple[str, str, int], str | None] = {}
+        self._by_label = {m.label: m for m in reversed(self._members)}  # the first wins
         self.revision += 1  # last: what was listed with the old index has the old number
 
     @property
@@ -156,16 +233,56 @@ class View:
         extra = [m for m in resolver.outputs if m not in resolver.search and m.exists]
         return resolver.search + extra
 
+    locate = staticmethod(locate)
+
+    # -- the aggregator, as the mount needs it ---------------------------------
+
+    @property
+    def outputs(self) -> list[str]:
+        """Labels of the output repositories, in the order given."""
+        return [m.label for m in self.resolver.outputs]
+
+    def is_output(self, label: str) -> bool:
+        return any(m.label == label for m in self.resolver.outputs)
+
+    def accepts(self, dataset_type: str) -> bool:
+        """Does some output accept ``dataset_type``?"""
+        return any(m.accepts(dataset_type) for m in self.resolver.outputs)
+
+    def repository_paths(self) -> list[tuple[str, Path]]:
+        """(label, path) of every repository, outputs not created yet included."""
+        resolver = self.resolver
+        members = resolver.search + [m for m in resolver.outputs if m not in resolver.search]
+        return [(m.label, m.path) for m in members]
+
+    def write_area(self) -> Path | None:
+        """The first output's directory (where the mount keeps its drafts), made now if it
+        does not exist yet (a read-write mount writes there); None without outputs."""
+        outputs = self.resolver.outputs
+        if not outputs:
+            return None
+        return self.resolver.ensure_output(outputs[0]).path
+
+    def space_path(self) -> Path:
+        """Whose filesystem ``statfs`` reports: the first output's, else the first input's."""
+        members = self.resolver.outputs or self.resolver.search
+        path = members[0].path
+        return path if path.exists() else path.parent
+
     # -- questions about paths ------------------------------------------------
 
     def stat(self, path: str) -> Node:
         """The node at ``path`` (relative, no leading slash); DatasetNotFoundError if none."""
-        head, _, rest = path.partition("/")
-        if head == REPOS:
-            return self._repo_stat(path, rest)
-        if head == VERSIONS:
-            return self._versions_stat(path, rest)
-        if path in ("", STATUS):
+        place = locate(path)
+        if place.area is Area.REPOS:
+            return self._repo_stat(place)
+        if place.area is Area.VERSIONS:
+            return self._versions_stat(place)
+        if place.area is Area.INTERNAL:
+            if place.relative:
+                raise _missing(path)  # the mount's own files
+            return Node(path)
+        if path == "":
             return Node(path)
         parsed = self.parse(path)
         if parsed is not None:
@@ -180,17 +297,21 @@ class View:
         raise _missing(path)
 
     def listdir(self, path: str) -> list[Node]:
-        """The children of the directory ``path``, sorted by name."""
-        head, _, rest = path.partition("/")
-        if head == REPOS:
-            return self._repo_listdir(path, rest)
-        if head == VERSIONS:
-            return self._versions_listdir(path, rest)
-        if path == STATUS:
+        """The children of the directory ``path``, sorted by name.
+
+        The root lists the union view only: ``.repos``, ``.versions`` and ``.butler``
+        are reached by name (:data:`META`).
+        """
+        place = locate(path)
+        if place.area is Area.REPOS:
+            return self._repo_listdir(place)
+        if place.area is Area.VERSIONS:
+            return self._versions_listdir(place)
+        if place.area is Area.INTERNAL:
+            if place.relative:
+                raise _missing(path)
             return []
-        nodes = self._union_listdir(path, self.resolver.search, include_removed=False)
-        if path == "":
-            nodes = [Node(name) for name in SPECIAL] + nodes
+        nodes = self._union_window(path, include_removed=False)[0]
         if not nodes and not self.stat(path).is_directory:
             raise _missing(path)
         return nodes
@@ -208,16 +329,15 @@ class View:
         one range query instead of one query per name.  ``None`` for directories it does
         not serve this way (the root, ``.versions``, ``.butler``).
         """
-        head, _, rest = path.partition("/")
-        if path == "" or head in (VERSIONS, STATUS):
+        place = locate(path)
+        if path == "" or place.area in (Area.VERSIONS, Area.INTERNAL):
             return None
-        if head == REPOS:
-            label, _, relative = rest.partition("/")
-            if not label:
+        if place.area is Area.REPOS:
+            if not place.label:
                 return None
-            member = self._member(label, path)
+            member = self._member(place.label, path)
             subdirs, rows = member.repo.registry.list_directory(
-                relative, primary_only=False, start=start, limit=limit
+                place.relative, primary_only=False, start=start, limit=limit
             )
             last = _window_end(None, subdirs, limit)
             last = _window_end(last, [posixpath.basename(row.path) for row in rows], limit)
@@ -228,9 +348,7 @@ class View:
                     child = posixpath.join(path, name)
                     named[name] = Node.of_row(child, self.resolver, member, row)
             return _within([named[name] for name in sorted(named)], last), last
-        nodes, last = self._union_window(
-            path, self.resolver.search, include_removed=False, start=start, limit=limit
-        )
+        nodes, last = self._union_window(path, include_removed=False, start=start, limit=limit)
         return _within(nodes, last), last
 
     def parse(self, path: str) -> tuple[str, DataId] | None:
@@ -253,28 +371,31 @@ class View:
         A union path is put to every accepting output; a ``.repos/<label>/<path>`` one
         to that output alone (see :meth:`classify_repo_write`).  NoOutputError (EROFS):
         only inputs could hold it.  InvalidDataIdError (EACCES): the path matches no
-        template, or fails the round-trip rule.
+        template, or fails the round-trip rule.  A path naming a new dataset type by a
+        genre's template has ``define_genre`` set: defining it is the caller's decision
+        (the mount's ``-o autodefine``; else :meth:`undefined_type_error`).
         """
-        head, _, rest = path.partition("/")
-        if head == REPOS:
-            label, _, relative = rest.partition("/")
-            return self.classify_repo_write(label, relative)
+        place = locate(path)
+        if place.area is Area.REPOS:
+            return self.classify_repo_write(place.label, place.relative)
         parsed = self.parse(path)
         if parsed is not None:
             dataset_type, data_id = parsed
-            if not any(m.accepts(dataset_type) for m in self.resolver.outputs):
+            if not self.accepts(dataset_type):
                 raise NoOutputError(
                     f"{path}: no output accepts {dataset_type}, only read-only inputs hold it; "
                     "add an output for it to the aggregator"
                 )
-            return WriteTarget(dataset_type, data_id, None)
+            storage = self.resolver.definition(dataset_type).primary.storage
+            return WriteTarget(dataset_type, data_id, None, None, _content_format(path, storage))
         name, dataset_type, data_id = self._new_type(path, path)
-        if not any(m.accepts(dataset_type) for m in self.resolver.outputs):
+        if not self.accepts(dataset_type):
             raise NoOutputError(
                 f"{path}: would define dataset type {dataset_type}, but no output accepts "
                 "it; add an output for it to the aggregator"
             )
-        return WriteTarget(dataset_type, data_id, name)
+        storage = self.resolver.policy.genre(name).storage
+        return WriteTarget(dataset_type, data_id, name, None, _content_format(path, storage))
 
     def classify_repo_write(self, label: str, relative: str) -> WriteTarget:
         """What a new file at ``.repos/<label>/<relative>`` would be: a put to that output.
@@ -291,21 +412,38 @@ class View:
             raise InvalidDataIdError(f"{path}: a dataset goes below .repos/{label}/")
         parsed = self._repo_parse(member, relative)
         if parsed is not None:
-            dataset_type, data_id = parsed
+            dataset_type, data_id, storage = parsed
             if not member.accepts(dataset_type):
                 raise NoOutputError(
                     f"{path}: output {label} does not accept {dataset_type} (its datasetTypes: "
                     f"{sorted(member.dataset_types or ())}); write it under another output's "
                     ".repos/ directory"
                 )
-            return WriteTarget(dataset_type, data_id, None, (label,))
+            content = _content_format(relative, storage)
+            return WriteTarget(dataset_type, data_id, None, (label,), content)
         name, dataset_type, data_id = self._new_type(relative, path)
         if not member.accepts(dataset_type):
             raise NoOutputError(
                 f"{path}: would define dataset type {dataset_type}, but output {label} does "
                 "not accept it"
             )
-        return WriteTarget(dataset_type, data_id, name, (label,))
+        storage = self.resolver.policy.genre(name).storage
+        return WriteTarget(dataset_type, data_id, name, (label,), _content_format(path, storage))
+
+    def undefined_type_error(self, path: str, target: WriteTarget) -> InvalidDataIdError:
+        """The refusal of a path naming a dataset type nobody defined (no autodefine):
+        the near miss, if any, and how to define it."""
+        assert target.define_genre is not None
+        name = target.dataset_type
+        near = difflib.get_close_matches(name, list(self.resolver.policy.dataset_types), n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        labels = target.outputs or tuple(m.label for m in self.resolver.outputs if m.accepts(name))
+        where = next((m.repo.path for m in self.resolver.outputs if m.label in labels), None)
+        return InvalidDataIdError(
+            f"{path}: {name} is not a defined dataset type{hint}; to write a new dataset "
+            f"type, define it first: butler define {where or 'OUTPUT'} {name} "
+            f"--genre {target.define_genre} (the mount sees it within a second)"
+        )
 
     def _new_type(self, relative: str, path: str) -> tuple[str, str, DataId]:
         """(genre, dataset type, data ID) of a new dataset type named by ``relative``."""
@@ -359,9 +497,9 @@ class View:
         )
         return [self.resolver.stored_definition(member, name)[0] for name in names]
 
-    def _repo_parse(self, member: Member, relative: str) -> tuple[str, DataId] | None:
-        """(dataset type, data ID) of a path in ``member`` by the locations a put writes;
-        a type the member accepts wins over one it does not."""
+    def _repo_parse(self, member: Member, relative: str) -> tuple[str, DataId, str] | None:
+        """(dataset type, data ID, storage) of a path in ``member`` by the locations a put
+        writes; a type the member accepts wins over one it does not."""
         refused = None
         for definition in self._repo_definitions(member):
             for location in definition.locations:
@@ -371,8 +509,8 @@ class View:
                 if parsed is None or parsed[0] not in (None, definition.name):
                     continue
                 if member.accepts(definition.name):
-                    return definition.name, parsed[1]
-                refused = refused or (definition.name, parsed[1])
+                    return definition.name, parsed[1], location.storage
+                refused = refused or (definition.name, parsed[1], location.storage)
         return refused
 
     def is_template_directory(self, path: str) -> bool:
@@ -380,27 +518,75 @@ class View:
 
         Under ``.repos/<label>/``, of that repository's own templates (or a genre's).
         """
-        head, _, rest = path.partition("/")
-        if head == REPOS:
-            label, _, directory = rest.partition("/")
-            member = next((m for m in self._members if m.label == label), None)
-            if member is None or not directory:
+        place = locate(path)
+        if place.area is Area.REPOS:
+            member = next((m for m in self._members if m.label == place.label), None)
+            if member is None or not place.relative:
                 return False
+            directory = place.relative
             templates = [
                 location.template
                 for definition in self._repo_definitions(member)
                 for location in definition.locations
                 if location.writable
             ]
-        else:
+        elif place.area is Area.UNION:
             directory = path
             templates = [d.primary.template for d in self.resolver.policy.dataset_types.values()]
+        else:
+            return False
         depth = directory.count("/") + 1
         templates += [Template(g.template, g.keys) for g in self.resolver.policy.genres.values()]
         for template in templates:
             if depth < template.depth and template.parse_directory(directory) is not None:
                 return True
         return False
+
+    # -- versions ----------------------------------------------------------------
+
+    def version_nodes(self, path: str) -> list[Node]:
+        """Every version the file at ``path`` has shown, in any repository that held it
+        (removed ones too): what an inode number the mount handed out may still name."""
+        place = locate(path)
+        if place.area is Area.VERSIONS:
+            try:
+                return [self.stat(path)]
+            except DatasetNotFoundError:
+                return []
+        if place.area is Area.REPOS:
+            member = next((m for m in self._members if m.label == place.label), None)
+            parsed = None if member is None else self._repo_parse(member, place.relative)
+            if member is None or parsed is None:
+                return []
+            members, wanted = [member], place.relative
+            dataset_type, data_id = parsed[0], parsed[1]
+        elif place.area is Area.UNION:
+            found = self.parse(path)
+            if found is None:
+                return []
+            members, wanted = self._members, None
+            dataset_type, data_id = found
+        else:
+            return []
+        key = canonical_data_id(data_id)
+        nodes = []
+        for member in members:
+            for row in member.repo.registry.versions(dataset_type, key):
+                if wanted is None or row.path == wanted:
+                    nodes.append(Node.of_row(path, self.resolver, member, row))
+        return nodes
+
+    def open_version(self, ref: DatasetRef, cached: bool = False) -> int | None:
+        """A descriptor on exactly version ``ref``'s bytes, whatever is put meanwhile: its
+        own name in its repository, opened without following any link.  With ``cached``,
+        None if that would wait for the disk (the caller opens it in a worker thread)."""
+        member = self._by_label.get(ref.repository)
+        if member is None or not member.exists:
+            raise _missing(ref.relative_path)
+        current = ref.path == str(member.path / ref.relative_path)  # shown at its template path
+        return member.repo.open_version(
+            ref.version, ref.relative_path, cached=cached, current=current
+        )
 
     # -- change tracking ----------------------------------------------------
 
@@ -450,47 +636,36 @@ class View:
 
     # -- the three namespaces -----------------------------------------------
 
-    def _union_listdir(
-        self, directory: str, members: Iterable[Member], *, include_removed: bool
-    ) -> list[Node]:
-        return self._union_window(directory, members, include_removed=include_removed)[0]
-
     def _union_window(
         self,
         directory: str,
-        members: Iterable[Member],
         *,
         include_removed: bool,
         start: str = "",
         limit: int = -1,
     ) -> tuple[list[Node], str | None]:
-        """The union listing from ``start`` (all of it by default), and where it is complete.
+        """The union listing from ``start`` (all of it by default), and where it is complete
+        (``None``: to the end).  The resolver decides which repository's file shows (the
+        first in search order); a file stored under another template than the view's is
+        not at this view path, so it is not offered."""
+        names, last = self.resolver.list_union(
+            directory,
+            include_removed=include_removed,
+            start=start,
+            limit=limit,
+            keep=self._at_view_path,
+        )
+        nodes = [
+            Node(posixpath.join(directory, name))
+            if found is None
+            else Node.of_row(found[1].path, self.resolver, *found)
+            for name, found in names
+        ]
+        return nodes, last
 
-        With a ``limit``, each repository's names are complete only up to the last one it
-        returned; the result is complete up to the smallest of those (``None``: the end).
-        """
-        names: dict[str, Node] = {}
-        last: str | None = None
-        for member in members:
-            subdirs, rows = member.repo.registry.list_directory(
-                directory,
-                primary_only=True,
-                include_removed=include_removed,
-                start=start,
-                limit=limit,
-            )
-            if limit > 0:
-                last = _window_end(last, subdirs, limit)
-                last = _window_end(last, [posixpath.basename(row.path) for row in rows], limit)
-            for name in subdirs:
-                names.setdefault(name, Node(posixpath.join(directory, name)))
-            for row in rows:
-                if self._view_template.get(row.dataset_type) != self._stored_template(member, row):
-                    continue  # stored under another template: not at this view path
-                name = posixpath.basename(row.path)
-                if name not in names:
-                    names[name] = Node.of_row(row.path, self.resolver, member, row)
-        return [names[name] for name in sorted(names)], last
+    def _at_view_path(self, member: Member, row: Row) -> bool:
+        """Is this file stored under its type's view template (so listed at its path)?"""
+        return self._view_template.get(row.dataset_type) == self._stored_template(member, row)
 
     def _stored_template(self, member: Member, row: Row) -> str | None:
         key = (member.label, row.dataset_type, row.location)
@@ -513,11 +688,12 @@ class View:
                 return member
         raise _missing(path)
 
-    def _repo_stat(self, path: str, rest: str) -> Node:
-        if rest == "":
+    def _repo_stat(self, place: Place) -> Node:
+        path = place.path
+        if not place.label:
             return Node(path)
-        label, _, relative = rest.partition("/")
-        member = self._member(label, path)
+        member = self._member(place.label, path)
+        relative = place.relative
         if relative == "":
             return Node(path)
         if not member.exists:
@@ -529,26 +705,27 @@ class View:
             return Node(path)
         raise _missing(path)
 
-    def _repo_listdir(self, path: str, rest: str) -> list[Node]:
-        if rest == "":
+    def _repo_listdir(self, place: Place) -> list[Node]:
+        path = place.path
+        if not place.label:
             return [Node(posixpath.join(REPOS, m.label)) for m in self._members]
-        label, _, relative = rest.partition("/")
-        member = self._member(label, path)
+        member = self._member(place.label, path)
         if not member.exists:
-            if relative:
+            if place.relative:
                 raise _missing(path)
             return []
-        subdirs, rows = member.repo.registry.list_directory(relative, primary_only=False)
+        subdirs, rows = member.repo.registry.list_directory(place.relative, primary_only=False)
         nodes = {name: Node(posixpath.join(path, name)) for name in subdirs}
         for row in rows:
             name = posixpath.basename(row.path)
             if name not in nodes:
                 nodes[name] = Node.of_row(posixpath.join(path, name), self.resolver, member, row)
-        if not nodes and not self._repo_stat(path, rest).is_directory:
+        if not nodes and not self._repo_stat(place).is_directory:
             raise _missing(path)
         return [nodes[name] for name in sorted(nodes)]
 
-    def _versions_stat(self, path: str, rest: str) -> Node:
+    def _versions_stat(self, place: Place) -> Node:
+        path, rest = place.path, place.relative
         if rest == "":
             return Node(path)
         if self._dataset_versions(rest) or any(
@@ -561,12 +738,13 @@ class View:
                 return Node(path, ref)
         raise _missing(path)
 
-    def _versions_listdir(self, path: str, rest: str) -> list[Node]:
+    def _versions_listdir(self, place: Place) -> list[Node]:
+        path, rest = place.path, place.relative
         refs = self._dataset_versions(rest)
         if refs:
             return [Node(posixpath.join(path, _version_name(ref)), ref) for ref in refs]
-        nodes = self._union_listdir(rest, self.resolver.search, include_removed=True)
-        if not nodes and not self._versions_stat(path, rest).is_directory:
+        nodes = self._union_window(rest, include_removed=True)[0]
+        if not nodes and not self._versions_stat(place).is_directory:
             raise _missing(path)
         # Every dataset is a directory of its versions here.
         return [Node(posixpath.join(VERSIONS, node.path)) for node in nodes]
@@ -579,6 +757,11 @@ class View:
             return self.resolver.versions(parsed[0], parsed[1], None)
         except (LookupError, ButlerError):
             return []
+
+
+def _content_format(path: str, storage: str) -> str:
+    """The format the bytes written at ``path`` are read as: by extension, as a put does."""
+    return formats.format_for_extension(posixpath.splitext(path)[1]) or storage
 
 
 def _window_end(last: str | None, names: list[str], limit: int) -> str | None:

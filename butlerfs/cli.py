@@ -16,6 +16,7 @@ configuration errors (including a mountpoint inside a repository).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -33,6 +34,7 @@ from butler.errors import ButlerError, ConfigError
 from butler.policy import assignments_to_policy
 from butlerfs import __version__, daemon, options, systemd
 from butlerfs.daemon import FS_TYPE, MountConfig, StartupError, mounted_type
+from butlerfs.logbook import default_log_file
 
 log = logging.getLogger("butlerfs")
 
@@ -80,8 +82,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         action="append",
         default=[],
         metavar="OPT[,OPT...]",
-        help="mount options: ro, rw, allow_other, fsname=, policy.KEY=VALUE, ... "
-        "(fstab options such as noauto, nofail, _netdev, x-systemd.* are accepted and ignored)",
+        help="mount options: ro, rw, allow_other, fsname=, policy.KEY=VALUE, showmeta, "
+        "autodefine, log=FILE, xattr=notsup|nosys, ... (fstab options such as noauto, "
+        "nofail, _netdev, x-systemd.* are accepted and ignored)",
     )
     mount.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("-d", dest="debug", action="store_true", help="debug logging (implies -f)")
@@ -123,10 +126,36 @@ def _mount(parsed: argparse.Namespace) -> int:
     foreground = parsed.foreground or parsed.debug
     _log_to_stderr(parsed.debug)
     if foreground:
-        # systemd's Type=notify units run -f: READY=1 once the mount answers.
+        # systemd's Type=notify units run -f: READY=1 once the mount answers.  The log
+        # goes to stderr (the journal, under systemd), and to -o log=FILE if given.
+        if config.log_file is not None:
+            _log_to_file(config.log_file, also=True)
+        else:
+            config = dataclasses.replace(config, log_file="stderr")
         daemon.serve(config, ready=systemd.notify_ready)
         return 0
-    return _daemonize(config)
+    # A background daemon logs to a file (and syslog): opened here, before the fork, so
+    # that a log that cannot be written is said at once, and where it is can be printed.
+    explicit = config.log_file
+    where = explicit or str(default_log_file(config.mountpoint))
+    try:
+        _log_to_file(where, also=False)
+    except OSError as exc:
+        if explicit is not None:
+            raise ConfigError(
+                f"cannot write the log file {where}: {exc.strerror}; give another with -o log=FILE"
+            ) from None
+        print(
+            f"butlerfs: cannot write the log file {where} ({exc.strerror}): logging to "
+            "syslog only; give a log file with -o log=FILE",
+            file=sys.stderr,
+        )
+        where = "syslog"
+    config = dataclasses.replace(config, log_file=where)
+    code = _daemonize(config)
+    if code == 0:
+        print(f"butlerfs: mounted {config.fsname} on {config.mountpoint}; log: {where}")
+    return code
 
 
 def _config(parsed: argparse.Namespace) -> MountConfig:
@@ -152,6 +181,11 @@ def _config(parsed: argparse.Namespace) -> MountConfig:
         fuse_options=mount_options.fuse,
         read_only=mount_options.read_only,
         xattr=mount_options.xattr,
+        show_meta=mount_options.show_meta,
+        autodefine=mount_options.autodefine,
+        log_file=None
+        if mount_options.log_file is None
+        else os.path.abspath(mount_options.log_file),
     )
 
 
@@ -200,7 +234,7 @@ def _daemonize(config: MountConfig) -> int:
     _redirect(1, os.O_WRONLY)
 
     def ready() -> None:
-        _log_to_syslog()
+        _log_to_syslog()  # in addition to the log file
         _redirect(2, os.O_WRONLY)
         os.write(write_end, b"ok")
         os.close(write_end)
@@ -223,25 +257,48 @@ def _redirect(fd: int, flags: int) -> None:
     os.close(null)
 
 
+_FORMAT = "%(asctime)s butlerfs[%(process)d] %(levelname)s %(message)s"
+
+
 def _log_to_stderr(debug: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s butlerfs[%(process)d] %(levelname)s %(message)s")
-    )
+    handler.setFormatter(logging.Formatter(_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
+def _log_to_file(path: str, *, also: bool) -> None:
+    """Log to the file ``path`` (created 0600, its directory 0700 if missing), besides
+    the handlers there are (``also``) or instead of them.  Rotation-safe: the file is
+    reopened when logrotate moves it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600))
+    handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    root = logging.getLogger()
+    if also:
+        root.addHandler(handler)
+    else:
+        root.handlers[:] = [handler]
+
+
 def _log_to_syslog() -> None:
-    """A daemon has no terminal: its log goes to syslog (journald), if there is one."""
-    handler: logging.Handler
+    """A daemon has no terminal: besides its log file, its log goes to syslog (journald),
+    if there is one."""
+    root = logging.getLogger()
+    root.handlers[:] = [
+        h
+        for h in root.handlers
+        if not isinstance(h, logging.StreamHandler) or isinstance(h, logging.FileHandler)
+    ]
     try:
         handler = logging.handlers.SysLogHandler("/dev/log")
-        handler.ident = f"butlerfs[{os.getpid()}]: "
     except OSError:
-        handler = logging.NullHandler()
-    logging.getLogger().handlers[:] = [handler]
+        return
+    handler.ident = f"butlerfs[{os.getpid()}]: "
+    root.addHandler(handler)
 
 
 # -- umount --------------------------------------------------------------------

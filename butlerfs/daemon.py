@@ -15,6 +15,7 @@ import contextlib
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -27,12 +28,14 @@ import trio
 from butler import Butler
 from butler.aggregator import MemberItem
 from butler.errors import ButlerError, ConfigError
+from butler.view import View
 from butlerfs import systemd
 from butlerfs.access import Access
 from butlerfs.attributes import Owner
 from butlerfs.handles import HandleTable
 from butlerfs.inodes import InodeTable
 from butlerfs.live import Invalidator, poll_changes
+from butlerfs.logbook import Logbook
 from butlerfs.operations import Operations
 from butlerfs.scratch import ScratchArea
 from butlerfs.tree import Settings, Tree
@@ -63,7 +66,10 @@ class MountConfig:
     read_only: bool = False
     allowed_uids: frozenset[int] | None = None  # None: whoever the kernel lets in
     private_root: bool = False  # root directory 0700 (allow_other without allow_users)
-    xattr: str = "butler"  # -o xattr=MODE (butlerfs.options.XATTR_MODES)
+    xattr: str = "notsup"  # -o xattr=MODE (butlerfs.options.XATTR_MODES)
+    show_meta: bool = False  # -o showmeta
+    autodefine: bool = False  # -o autodefine
+    log_file: str | None = None  # where the log goes, shown in .butler/status
 
     @property
     def fsname(self) -> str:
@@ -81,7 +87,11 @@ def open_butler(config: MountConfig) -> Butler:
     )
 
 
-def check_mountpoint(mountpoint: str, butler: Butler) -> None:
+def open_view(config: MountConfig) -> View:
+    return View(open_butler(config))
+
+
+def check_mountpoint(mountpoint: str, view: View) -> None:
     """Refuse a mountpoint that is taken, or would hide a repository from the daemon itself."""
     if not os.path.isdir(mountpoint):
         raise StartupError(
@@ -94,18 +104,17 @@ def check_mountpoint(mountpoint: str, butler: Butler) -> None:
             f"('butlerfs umount {mountpoint}')"
         )
     target = os.path.realpath(mountpoint)
-    members = butler.resolver.search + butler.resolver.outputs
-    for member in members:
-        repo = os.path.realpath(member.path)
+    for label, path in view.repository_paths():
+        repo = os.path.realpath(path)
         if target == repo or target.startswith(repo + os.sep):
             raise StartupError(
-                f"mountpoint {mountpoint} is inside repository {member.label} ({repo}); "
+                f"mountpoint {mountpoint} is inside repository {label} ({repo}); "
                 "mount somewhere outside every repository",
                 2,
             )
         if repo.startswith(target.rstrip(os.sep) + os.sep):
             raise StartupError(
-                f"mountpoint {mountpoint} would hide repository {member.label} ({repo}) "
+                f"mountpoint {mountpoint} would hide repository {label} ({repo}) "
                 "from the daemon; mount somewhere outside every repository",
                 2,
             )
@@ -114,30 +123,42 @@ def check_mountpoint(mountpoint: str, butler: Butler) -> None:
 def serve(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount and serve until unmounted or signalled; StartupError if it cannot start."""
     try:
-        butler = open_butler(config)
+        view = open_view(config)
     except ConfigError as exc:  # a bad butler.yaml or aggregator file: exit status 2
         raise StartupError(f"cannot open {config.fsname}: {exc}", 2) from None
     except (ButlerError, OSError) as exc:
         raise StartupError(f"cannot open {config.fsname}: {exc}") from None
-    check_mountpoint(config.mountpoint, butler)
-    outputs = butler.resolver.outputs
-    if outputs and not config.read_only:
+    check_mountpoint(config.mountpoint, view)
+    _raise_file_limit()
+    try:
         # A read-write mount keeps its drafts in its first output: made now if new.
-        try:
-            butler.resolver.ensure_output(outputs[0])
-        except (ButlerError, OSError) as exc:
-            raise StartupError(f"cannot create output {outputs[0].path}: {exc}") from None
-    first = outputs[0].path if outputs and outputs[0].exists else None
-    scratch = ScratchArea.for_output(first)
+        area = None if config.read_only else view.write_area()
+    except (ButlerError, OSError) as exc:
+        raise StartupError(f"cannot create the first output: {exc}") from None
+    scratch = ScratchArea.for_output(area)
     for stale in scratch.remove_stale():
         log.info("removed the scratch directory %s of a dead mount", stale)
     inodes = InodeTable()
     invalidator = Invalidator(inodes)
     settings = Settings(
-        os.path.abspath(config.mountpoint), config.fsname, config.read_only, config.private_root
+        os.path.abspath(config.mountpoint),
+        config.fsname,
+        config.read_only,
+        config.private_root,
+        show_meta=config.show_meta,
+        autodefine=config.autodefine,
+        log_file=config.log_file,
     )
+    logbook = Logbook()
+    logging.getLogger().addHandler(logbook)  # the library's warnings too
     tree = Tree(
-        butler, lambda: open_butler(config), Worker(), scratch, settings, invalidator.changed
+        view,
+        lambda: open_view(config),
+        Worker(),
+        scratch,
+        settings,
+        invalidator.changed,
+        logbook,
     )
     owner = Owner(os.getuid(), os.getgid())
     operations = Operations(
@@ -165,9 +186,20 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         pyfuse3.close(unmount=True)
         scratch.remove()
         tree.butler.close()
+        logging.getLogger().removeHandler(logbook)
         log.info("unmounted %s", config.mountpoint)
     if failure is not None:
         raise failure
+
+
+def _raise_file_limit() -> None:
+    """Every open dataset holds a descriptor in the daemon: raise the soft limit of open
+    files to the hard one (often 1024 → 524288), so that it is not the first to run out;
+    if it still does, the client sees EMFILE (butlerfs.errors)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 #: gc.set_threshold for the daemon: a young collection every 50,000 allocations instead

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterable
 
 from butler import DatasetRef
 from butler.view import Node
-from butlerfs.inodes import InodeId, inode_of
+from butlerfs.inodes import InodeId, inode_of, version_inode
 
 
 class Entry:
@@ -35,6 +35,7 @@ class Entry:
         mtime_ns: int = 0,
         node: Node | None = None,  # the committed dataset file, if it is one
         volatile: bool = False,  # changes without notice (drafts, status): never cached
+        inode: InodeId | None = None,  # default: of the version shown, else of the path
     ) -> None:
         self.path = path
         self.is_directory = is_directory
@@ -43,7 +44,10 @@ class Entry:
         self.mtime_ns = mtime_ns
         self.node = node
         self.volatile = volatile
-        self.inode: InodeId = inode_of(path)  # hashed once: readdir and lookup reply it
+        if inode is None:
+            txid = None if node is None else node.txid
+            inode = inode_of(path) if txid is None else version_inode(path, txid)
+        self.inode: InodeId = inode  # hashed once: readdir and lookup reply it
 
     @property
     def ref(self) -> DatasetRef | None:

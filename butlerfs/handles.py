@@ -38,6 +38,9 @@ class Snapshot:
 class DraftFile:
     draft: Draft
     writable: bool
+    opener: int = 0  # the task that opened it: whose exit a flush is judged by (no patch)
+    inode: int = 0  # the kernel's inode it was opened on (the draft's, or a version's)
+    wrote: bool = False  # written through this handle
 
 
 @dataclass

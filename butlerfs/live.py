@@ -2,7 +2,10 @@
 
 The kernel caches entries and attributes for long (see butlerfs.attributes),
 and keeps file pages across opens (``keep_cache``); so every change to a path
-must reach it as an invalidation:
+must reach it as an invalidation of the path's directory entry: the next
+lookup then gets the new version's inode (butlerfs.inodes), while files still
+open on the old version keep its inode, attributes and pages, which are still
+exactly that version's (a directory's attributes are dropped too):
 
 - :func:`poll_changes` asks the library every 0.3 s what changed
   (``View.changes_since``: one indexed query per repository), so a put by
@@ -42,7 +45,7 @@ class Invalidator:
         self._limiter = trio.CapacityLimiter(1)
 
     def changed(self, path: str) -> None:
-        """Drop what the kernel caches about ``path``: its entry, attributes and pages."""
+        """Drop the kernel's entry of ``path`` (and a directory's attributes)."""
         self._send.send_nowait(path)
 
     def everything(self) -> None:

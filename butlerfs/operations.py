@@ -9,7 +9,15 @@ Nothing here blocks: the tree runs library and disk calls in worker threads.
 Write protocol (docs/mount.md): a new file at a template path, or a dataset
 opened for writing, is a draft; the close (FUSE ``flush``) of its last writer
 puts it, so the put's error is what ``close()`` returns; ``fsync`` puts too.
-A scratch file (``.name``) is put only when renamed onto a template path.
+A scratch file (``.name``) is put only when renamed onto a template path.  A
+flush by a task that was killed by a signal discards the draft instead
+(butlerfs.exits): which task flushes is known from pyfuse3 patched for it
+(``pyfuse3.BUTLERFS_PATCH >= 1``: ``flush(fh, ctx)``), else it is taken to be
+the task that opened the handle.
+
+A file's inode names the version it shows (butlerfs.inodes): ``getattr``,
+``open`` and ``getxattr`` of an inode answer for that version, even after the
+path moved on to a newer one.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from butlerfs import scratch, xattrs
 from butlerfs.access import Access, checked, checks_caller_itself
 from butlerfs.attributes import Owner, absent, attributes
 from butlerfs.entries import Entry
-from butlerfs.errors import refusal, translated
+from butlerfs.errors import REQUEST_PATH, refusal, translated
+from butlerfs.exits import exit_of
 from butlerfs.handles import (
     BackingFile,
     Directory,
@@ -37,8 +46,12 @@ from butlerfs.handles import (
     Snapshot,
 )
 from butlerfs.inodes import InodeId, InodeTable
-from butlerfs.tree import STATUS_FILE, Tree
-from butlerfs.worker import open_cached, read_cached
+from butlerfs.tree import Tree, is_internal_file
+from butlerfs.worker import read_cached
+from butlerfs.writes import Writes
+
+#: pyfuse3 patched to pass the flushing task to ``flush`` (``flush_with_context``).
+FLUSH_HAS_CONTEXT = getattr(pyfuse3, "BUTLERFS_PATCH", 0) >= 1
 
 
 @translated
@@ -46,6 +59,8 @@ from butlerfs.worker import open_cached, read_cached
 class Operations(pyfuse3.Operations):
     # Writes must all have arrived when flush commits them: no kernel write-back.
     enable_writeback_cache = False
+    # With the patch, flush(fh, ctx): the task that closes, to tell a killed writer.
+    flush_with_context = FLUSH_HAS_CONTEXT
 
     def __init__(
         self,
@@ -54,10 +69,11 @@ class Operations(pyfuse3.Operations):
         handles: HandleTable,
         owner: Owner,
         access: Access,
-        xattr: str = "butler",
+        xattr: str = "notsup",
     ) -> None:
         super().__init__()
         self.tree = tree
+        self.writes = Writes(tree)
         self.inodes = inodes
         self.handles = handles
         self.owner = owner
@@ -68,18 +84,22 @@ class Operations(pyfuse3.Operations):
         # file, and other users' permission checks would cost a round trip.
         self.xattr_mode = xattr
         self._foreign_xattr = pyfuse3.FUSEError(errno.ENODATA)  # raised, never formatted
-        self._unsupported_xattr = pyfuse3.FUSEError(
-            errno.EOPNOTSUPP if xattr == "notsup" else errno.ENODATA
-        )
+        # security.*, system.*, trusted.*: "not supported", which ls -l remembers.
+        self._unsupported_xattr = pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._no_xattrs = pyfuse3.FUSEError(errno.ENOSYS)
 
     # -- helpers -------------------------------------------------------------
 
     def _path(self, inode: pyfuse3.InodeT) -> str:
-        return self.inodes.path(InodeId(inode))
+        path = self.inodes.path(InodeId(inode))
+        REQUEST_PATH.set(path)
+        return path
 
     def _child(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT) -> str:
-        return posixpath.join(self._path(parent_inode), os.fsdecode(name))
+        parent = self._path(parent_inode)
+        path = posixpath.join(parent, _decoded(name, parent))
+        REQUEST_PATH.set(path)
+        return path
 
     def _reply(self, entry: Entry) -> pyfuse3.EntryAttributes:
         """Attributes for a lookup-like answer: the kernel now holds one more reference."""
@@ -98,13 +118,13 @@ class Operations(pyfuse3.Operations):
         # Hot (a cold `stat` of every file): an entry the daemon has is answered from
         # memory, with no thread hop.
         self.callers.check(ctx.uid)
-        parent = self._path(parent_inode)
+        parent = self.inodes.path(InodeId(parent_inode))
         if name == b".":
             path = parent
         elif name == b"..":
             path = posixpath.dirname(parent)
         else:
-            child = name.decode("utf-8", "surrogateescape")  # os.fsdecode, without the call
+            child = _decoded(name, parent)
             path = f"{parent}/{child}" if parent else child
         entry = self.tree.known(path)
         if entry is None:
@@ -119,17 +139,19 @@ class Operations(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         forget = self.inodes.forget
         for inode, count in inode_list:
-            forget(InodeId(inode), count)
+            if forget(InodeId(inode), count):
+                self.tree.forget(InodeId(inode))
 
     @checks_caller_itself
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.callers.check(ctx.uid)
-        path = self._path(inode)
+        path = self.inodes.path(InodeId(inode))
         entry = self.tree.known(path)
-        if entry is None:
-            entry = await self.tree.stat(path)
+        if entry is None or entry.inode != inode:
+            REQUEST_PATH.set(path)
+            entry = await self.tree.shown(path, InodeId(inode))
         return attributes(entry, InodeId(inode), self.owner)
 
     async def setattr(
@@ -144,11 +166,11 @@ class Operations(pyfuse3.Operations):
         # of a dataset are the butler's (commit time), so they are accepted and ignored.
         path = self._path(inode)
         if fields.update_size:
-            entry = await self.tree.truncate(path, attr.st_size)
+            entry = await self.writes.truncate(path, attr.st_size)
         elif fields.update_mode:
-            entry = await self.tree.set_mode(path, attr.st_mode)
+            entry = await self.writes.set_mode(path, attr.st_mode)
         else:
-            entry = await self.tree.stat(path)
+            entry = await self.tree.shown(path, InodeId(inode))
         return attributes(entry, InodeId(inode), self.owner)
 
     # -- directories ---------------------------------------------------------
@@ -186,17 +208,17 @@ class Operations(pyfuse3.Operations):
         mode: pyfuse3.ModeT,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        return self._reply(await self.tree.mkdir(self._child(parent_inode, name)))
+        return self._reply(await self.writes.mkdir(self._child(parent_inode, name)))
 
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        await self.tree.rmdir(self._child(parent_inode, name))
+        await self.writes.rmdir(self._child(parent_inode, name))
 
     async def unlink(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> None:
-        await self.tree.unlink(self._child(parent_inode, name))
+        await self.writes.unlink(self._child(parent_inode, name))
 
     async def rename(
         self,
@@ -211,8 +233,9 @@ class Operations(pyfuse3.Operations):
             raise refusal(errno.EINVAL, "exchanging two names is not supported")
         old = self._child(parent_inode_old, name_old)
         new = self._child(parent_inode_new, name_new)
-        await self.tree.rename(old, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
-        self.inodes.move(old, new)  # the kernel keeps the moved inode under the new name
+        moved = await self.writes.rename(old, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        if moved is not None:  # the kernel keeps the moved inode under the new name
+            self.inodes.move(moved.inode, new)
 
     async def link(
         self,
@@ -252,9 +275,10 @@ class Operations(pyfuse3.Operations):
         flags: pyfuse3.FlagT,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        draft = await self.tree.create(self._child(parent_inode, name), mode)
-        self.tree.attach(draft, writable=True)
-        fh = self.handles.add(DraftFile(draft, writable=True))
+        draft = await self.writes.create(self._child(parent_inode, name), mode)
+        self.writes.attach(draft, writable=True)
+        handle = DraftFile(draft, writable=True, opener=ctx.pid, inode=draft.inode)
+        fh = self.handles.add(handle)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), self._reply(self.tree.draft_entry(draft))
 
     @checks_caller_itself
@@ -262,37 +286,51 @@ class Operations(pyfuse3.Operations):
         self, inode: pyfuse3.InodeT, flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
         self.callers.check(ctx.uid)
-        path = self._path(inode)
+        path = self.inodes.path(InodeId(inode))
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if not writable:
-            # Hot (reading many small datasets): a committed dataset the daemon has an
-            # entry for, whose file the kernel can open from its caches: no thread hop.
+            # Hot (reading many small datasets): the version this inode shows is the one the
+            # daemon has an entry for, and the kernel can open its file from its caches.
             entry = self.tree.known(path)
-            if entry is not None and not entry.volatile:
-                ref = entry.ref
-                fd = None if ref is None else open_cached(ref.path)
+            if entry is not None and entry.inode == inode and not entry.volatile:
+                fd = self._open_cached(entry)
                 if fd is not None:
                     number = self.handles.add(BackingFile(fd, path, entry.size))
                     return pyfuse3.FileInfo(fh=number, keep_cache=True)
-        handle = await self._open(path, writable)
-        # A committed version never changes: the kernel may keep its pages (and mmap
-        # works, direct_io stays off).  The status file's size is unknown until read.
+        REQUEST_PATH.set(path)
+        handle = await self._open(path, InodeId(inode), writable, ctx.pid)
+        # A version never changes and has an inode of its own: the kernel may keep its
+        # pages (and mmap works, direct_io stays off).  A draft opened through a version's
+        # inode is written around the page cache (direct_io), so that the version's pages
+        # (another process may map them) never hold the draft's bytes.  The mount's own
+        # files' size is unknown until read.
+        through_version = isinstance(handle, DraftFile) and handle.draft.inode != inode
         return pyfuse3.FileInfo(
             fh=self.handles.add(handle),
             keep_cache=isinstance(handle, BackingFile),
-            direct_io=isinstance(handle, Snapshot),
+            direct_io=isinstance(handle, Snapshot) or through_version,
         )
 
-    async def _open(self, path: str, writable: bool) -> Handle:
+    def _open_cached(self, entry: Entry) -> int | None:
+        """An fd on the entry's version if it can be opened without waiting, else None."""
+        ref = entry.ref
+        if ref is None:
+            return None
+        try:
+            return self.tree.view.open_version(ref, cached=True)
+        except OSError:  # gone meanwhile: the worker finds out properly
+            return None
+
+    async def _open(self, path: str, inode: InodeId, writable: bool, pid: int) -> Handle:
         draft = self.tree.drafts.get(path)
         if writable:
-            draft = await self.tree.open_for_writing(path)
-        if draft is not None:
-            self.tree.attach(draft, writable)
-            return DraftFile(draft, writable)
-        if path == STATUS_FILE:
-            return Snapshot(await self.tree.status())
-        fd, entry = await self.tree.open_dataset(path)
+            draft = await self.writes.open_for_writing(path)
+        if draft is not None and (writable or draft.inode == inode):
+            self.writes.attach(draft, writable)
+            return DraftFile(draft, writable, opener=pid, inode=inode)
+        if is_internal_file(path):
+            return Snapshot(await self.tree.internal_file(path))
+        fd, entry = await self.tree.open_dataset(path, inode)
         return BackingFile(fd, path, entry.size)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -313,24 +351,37 @@ class Operations(pyfuse3.Operations):
         handle = self._draft_file(fh)
         if handle is None:
             raise refusal(errno.EBADF, "write on a handle not opened for writing")
-        return await scratch.write(handle.draft, self.tree.worker, off, buf)
+        REQUEST_PATH.set(handle.draft.path)
+        written = await self.writes.write(handle.draft, off, buf)
+        handle.wrote = True
+        return written
 
-    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+    async def flush(
+        self, fh: pyfuse3.FileHandleT, ctx: pyfuse3.RequestContext | None = None
+    ) -> None:
         handle = self._draft_file(fh)
-        if handle is not None and self.tree.ready_to_commit(handle.draft):
-            await self.tree.commit(handle.draft)
+        if handle is None:
+            return
+        draft = handle.draft
+        if not handle.wrote and not self.writes.ready_to_commit(draft):
+            return  # nothing to commit or discard: no need to ask who closes
+        REQUEST_PATH.set(draft.path)
+        pid = ctx.pid if ctx is not None else handle.opener
+        await self.writes.closed_by(draft, exit_of(pid), pid, handle.wrote, handle.inode)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         handle = self._draft_file(fh)
         if handle is not None and handle.draft.dirty and not handle.draft.is_scratch:
-            await self.tree.commit(handle.draft)
+            REQUEST_PATH.set(handle.draft.path)
+            await self.writes.commit(handle.draft)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.pop(FileHandleId(fh))
         if isinstance(handle, BackingFile):
             os.close(handle.fd)  # read-only: nothing to flush, so it cannot block; no thread hop
         elif isinstance(handle, DraftFile):
-            await self.tree.release(handle.draft, handle.writable)
+            REQUEST_PATH.set(handle.draft.path)
+            await self.writes.release(handle.draft, handle.writable)
 
     # -- extended attributes -------------------------------------------------
 
@@ -338,10 +389,11 @@ class Operations(pyfuse3.Operations):
     async def getxattr(
         self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
     ) -> bytes:
-        # Hot: ls -l asks security.selinux and system.posix_acl_access of every file.  A
-        # name that is not ours is answered first, with a prebuilt error: no library, no
-        # formatting, no logging.  (with_traceback(None): a reraised instance would
-        # otherwise keep growing its traceback.)
+        # Hot: ls -l asks security.selinux and system.posix_acl_access of the first file
+        # (then remembers "not supported" for the filesystem).  A name that is not ours is
+        # answered first, with a prebuilt error: no library, no formatting, no logging.
+        # (with_traceback(None): a reraised instance would otherwise keep growing its
+        # traceback.)
         if name not in xattrs.OURS and self.xattr_mode != "nosys" and self.callers.admits(ctx.uid):
             if name.startswith(b"user."):
                 raise self._foreign_xattr.with_traceback(None)
@@ -350,7 +402,9 @@ class Operations(pyfuse3.Operations):
         if self.xattr_mode == "nosys":
             raise self._no_xattrs.with_traceback(None)
         path = self._path(inode)
-        entry = self.tree.known(path) or await self.tree.stat(path)
+        entry = self.tree.known(path)
+        if entry is None or entry.inode != inode:
+            entry = await self.tree.shown(path, InodeId(inode))
         if entry.ref is None:
             raise refusal(errno.ENODATA, f"/{entry.path} is not a dataset")
         return await xattrs.value(name, entry.ref, self.tree.provenance)
@@ -360,7 +414,7 @@ class Operations(pyfuse3.Operations):
     ) -> Sequence[pyfuse3.XAttrNameT]:
         if self.xattr_mode == "nosys":
             raise self._no_xattrs.with_traceback(None)
-        entry = await self.tree.stat(self._path(inode))
+        entry = await self.tree.shown(self._path(inode), InodeId(inode))
         return xattrs.NAMES if entry.ref is not None else ()
 
     async def setxattr(
@@ -391,3 +445,17 @@ class Operations(pyfuse3.Operations):
         data.f_ffree = data.f_favail = found.f_favail
         data.f_namemax = 255
         return data
+
+
+def _decoded(name: bytes, parent: str) -> str:
+    """A name the kernel passed, as text; EINVAL if it is not UTF-8 (every butler path is)."""
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = name.decode("utf-8", "backslashreplace")
+        REQUEST_PATH.set(posixpath.join(parent, shown))
+        raise refusal(
+            errno.EINVAL,
+            f"/{posixpath.join(parent, shown)}: the name is not valid UTF-8, and butler paths "
+            "are UTF-8 text; rename the file (e.g. with convmv) and write it again",
+        ) from None

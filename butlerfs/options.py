@@ -63,13 +63,22 @@ PASSED_KEYS = frozenset({"fsname", "subtype"})
 POLICY_PREFIX = "policy."
 
 #: ``-o xattr=MODE``: how getxattr answers (docs/mount.md, "Extended attributes and ls -l").
-#:   butler  the default: ``user.butler.*`` of datasets; any other name ENODATA
-#:   notsup  ``user.butler.*`` too; names outside ``user.`` (``security.selinux``, POSIX
-#:           ACLs) EOPNOTSUPP, as on a filesystem without ACLs or security labels:
-#:           ``ls -l`` asks the first file only
+#:   notsup  the default: ``user.butler.*`` of datasets; other ``user.*`` names ENODATA;
+#:           names outside ``user.`` (``security.selinux``, POSIX ACLs, ``trusted.*``)
+#:           EOPNOTSUPP, as on a filesystem without ACLs or security labels: ``ls -l``
+#:           asks the first file only
 #:   nosys   no extended attributes at all: ENOSYS, after which the kernel answers every
 #:           getxattr itself, without asking the daemon
-XATTR_MODES = ("butler", "notsup", "nosys")
+XATTR_MODES = ("notsup", "nosys")
+#: Accepted for fstab lines written for an older butlerfs: ``butler`` was the default.
+XATTR_ALIASES = {"butler": "notsup"}
+
+#: Options of butlerfs itself, without a value (docs/mount.md, "Mount options").
+#:   showmeta    the root lists .repos, .versions and .butler (hidden by default, so that
+#:               find, du and rsync see each dataset once)
+#:   autodefine  a file written at a genre's template path with an unknown dataset type
+#:               defines that type (by default: refused, EACCES, with how to define it)
+FLAGS = ("showmeta", "autodefine")
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,10 @@ class MountOptions:
     read_only: bool
     policy: tuple[str, ...]  # KEY=VALUE assignments
     allow_users: tuple[str, ...] = ()  # user names or uids let in besides owner and root
-    xattr: str = "butler"  # one of XATTR_MODES
+    xattr: str = "notsup"  # one of XATTR_MODES
+    show_meta: bool = False
+    autodefine: bool = False
+    log_file: str | None = None  # -o log=FILE
 
     @property
     def allow_other(self) -> bool:
@@ -97,7 +109,9 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
     flags = {"default_permissions"}  # always: the kernel checks modes (SPEC §8, per-user views)
     policy = []
     allow_users: list[str] = []
-    xattr = "butler"
+    xattr = "notsup"
+    flags_given: set[str] = set()
+    log_file = None
     for option in split(values):
         key, sep, value = option.partition("=")
         if option in ("ro", "rw"):
@@ -113,12 +127,19 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
         elif key == "allow_users" and sep:
             allow_users.extend(name for name in value.split(":") if name)
         elif key == "xattr" and sep:
+            value = XATTR_ALIASES.get(value, value)
             if value not in XATTR_MODES:
                 raise ConfigError(
                     f"xattr={value}: give one of {', '.join(XATTR_MODES)} "
                     "(see 'Mount options' in docs/mount.md)"
                 )
             xattr = value
+        elif option in FLAGS:
+            flags_given.add(option)
+        elif key == "log" and sep:
+            if not value:
+                raise ConfigError("log=: give the file the daemon should log to")
+            log_file = value
         else:
             raise ConfigError(
                 f"unknown mount option {option!r}; see 'Mount options' in docs/mount.md"
@@ -132,5 +153,12 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
     # libfuse splits option values at commas: escape them (a path may hold one).
     keyed = {f"{key}={value.replace(',', chr(92) + ',')}" for key, value in fuse.items()}
     return MountOptions(
-        frozenset(flags | keyed), read_only, tuple(policy), tuple(allow_users), xattr
+        frozenset(flags | keyed),
+        read_only,
+        tuple(policy),
+        tuple(allow_users),
+        xattr,
+        show_meta="showmeta" in flags_given,
+        autodefine="autodefine" in flags_given,
+        log_file=log_file,
     )

@@ -12,9 +12,10 @@ draft shows in its own mount only, at its view path:
   swap files): kept until it is deleted, renamed onto a template path (which
   commits it), or the mount ends.
 
-Opening a committed dataset for writing makes a draft *based* on its file:
-the copy is made on the first write, and skipped when the first change is a
-truncation to zero (``cp`` over a dataset opens it and truncates).
+Opening a committed dataset for writing makes a draft *based* on its version
+(a descriptor on exactly that version's bytes): the copy is made on the first
+write, and skipped when the first change is a truncation to zero (``cp`` over
+a dataset opens it and truncates).
 
 The scratch directory is removed at unmount; one left by a daemon that died is
 removed by the next mount on the same host.
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import trio
 
-from butler.view import REPOS
+from butler.view import Area, locate
+from butlerfs.inodes import InodeId, draft_inode
 from butlerfs.worker import Worker
 
 #: Under an output's internal directory, which the library never lists or serves.
@@ -45,14 +47,12 @@ _COPY_CHUNK = 1 << 20
 
 
 def is_scratch_path(path: str) -> bool:
-    """A component begins with "." (``.name.XXXXXX``, ``.tmp/x``): never a template path.
-
-    Below ``.repos/<label>/``, the components of the path inside that repository.
-    """
-    parts = path.split("/")
-    if parts[0] == REPOS:
-        del parts[:2]
-    return any(part.startswith(".") for part in parts)
+    """A union path, or one below ``.repos/<label>/``, with a component beginning with "."
+    (``.name.XXXXXX``, ``.tmp/x``): never a template path."""
+    place = locate(path)
+    if place.area is Area.UNION or (place.area is Area.REPOS and place.label):
+        return any(part.startswith(".") for part in place.relative.split("/"))
+    return False
 
 
 @dataclass(eq=False)
@@ -62,15 +62,20 @@ class Draft:
     path: str
     file: Path
     fd: int
-    base: str | None  # committed file to copy in on the first change; None: already here
+    base: int | None  # fd on the version to copy in on the first change; None: already here
     size: int
     mode: int = 0o644
+    content_format: str | None = None  # the storage format its first bytes must begin
+    inode: InodeId = field(init=False)
     mtime_ns: int = field(default_factory=time.time_ns)
     writers: int = 0  # open handles that may write
     handles: int = 0  # all open handles
     dirty: bool = False  # changed since created or last committed
     discarded: bool = False  # deleted from the tree; the fd closes with the last handle
     lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def __post_init__(self) -> None:
+        self.inode = draft_inode(self.path)  # kept through renames, as the kernel keeps it
 
     @property
     def is_scratch(self) -> bool:
@@ -181,11 +186,13 @@ class DraftTable:
 
 
 async def prepare(draft: Draft, worker: Worker, keep: int | None = None) -> None:
-    """Copy the base file in, if still pending (at most ``keep`` bytes of it)."""
+    """Copy the base version in, if still pending (at most ``keep`` bytes of it)."""
     async with draft.lock:
-        if draft.base is not None:
-            await worker.run(_copy_into, draft.base, draft.fd, keep)
+        base = draft.base
+        if base is not None:
+            await worker.run(_copy_into, base, draft.fd, keep)
             draft.base = None
+            os.close(base)
 
 
 async def write(draft: Draft, worker: Worker, offset: int, data: bytes) -> int:
@@ -204,27 +211,22 @@ async def truncate(draft: Draft, worker: Worker, size: int) -> None:
 
 
 async def read(draft: Draft, worker: Worker, offset: int, size: int) -> bytes:
-    base = draft.base
-    if base is not None:
-        return await worker.run(read_file, base, offset, size)
-    return await worker.run(os.pread, draft.fd, size, offset)
-
-
-def read_file(path: str, offset: int, size: int) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.pread(fd, size, offset)
-    finally:
-        os.close(fd)
+    async with draft.lock:  # not while the base is being copied in (and closed)
+        base = draft.base
+        return await worker.run(os.pread, draft.fd if base is None else base, size, offset)
 
 
 def close_file(draft: Draft) -> None:
-    """Drop a discarded draft's scratch file (blocking)."""
+    """Drop a discarded draft's scratch file; its descriptors with the last handle
+    (blocking)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(draft.file)
     if draft.handles == 0:
-        with contextlib.suppress(OSError):
-            os.close(draft.fd)
+        for fd in (draft.fd, draft.base):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        draft.base = None
 
 
 def _write_all(fd: int, data: bytes, offset: int) -> int:
@@ -235,12 +237,12 @@ def _write_all(fd: int, data: bytes, offset: int) -> int:
     return done
 
 
-def _copy_into(source: str, fd: int, keep: int | None) -> None:
-    with open(source, "rb") as file:
-        offset = 0
-        while keep is None or offset < keep:
-            want = _COPY_CHUNK if keep is None else min(_COPY_CHUNK, keep - offset)
-            chunk = file.read(want)
-            if not chunk:
-                break
-            offset += _write_all(fd, chunk, offset)
+def _copy_into(source: int, fd: int, keep: int | None) -> None:
+    """Copy the descriptor ``source`` into ``fd``, 1 MiB at a time (never whole in memory)."""
+    offset = 0
+    while keep is None or offset < keep:
+        want = _COPY_CHUNK if keep is None else min(_COPY_CHUNK, keep - offset)
+        chunk = os.pread(source, want, offset)
+        if not chunk:
+            break
+        offset += _write_all(fd, chunk, offset)

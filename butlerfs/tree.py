@@ -1,12 +1,13 @@
-"""The mounted tree: what is at a path, and what a change at a path does.
+"""The mounted tree, read: what is at a path, and what the daemon keeps of it.
 
 The library's :class:`butler.view.View` answers for committed datasets; this
-module adds what only a mount has — drafts being written, directories made by
-``mkdir`` and not yet holding a dataset (kept in memory until unmount), the
-``.butler/status`` file — and decides modes.  Every call into the library
-runs in a worker thread; every call that changes repositories (put, remove,
-define, the change poll, reload) holds one lock, because the Butler's policy
-and caches are shared by all of them.
+module adds what only a mount shows — drafts being written, directories made
+by ``mkdir`` and not yet holding a dataset (kept in memory until unmount), the
+``.butler/status`` and ``.butler/log`` files — decides modes, and keeps the
+caches (entries, listings, remembered absences).  Every call into the library
+runs in a worker thread.  Changes (put, remove, define) are made by
+:mod:`butlerfs.writes`; they, the change poll and reload hold :attr:`Tree.lock`,
+because the Butler's policy and caches are shared by all of them.
 
     namespace   path                         writable?
     union       <template paths>             yes, if an output accepts the type
@@ -14,35 +15,45 @@ and caches are shared by all of them.
                                              templates, put to it alone; rm removes from it
                                              alone; no overwrite in place.  Else EROFS
     versions    .versions/<path>/v<N><ext>   no (EROFS)
-    internal    .butler/status               no (EROFS)
+    internal    .butler/status, .butler/log  no (EROFS)
+
+The root lists the union only; the other namespaces are reached by name (and
+listed with ``-o showmeta``).
+
+A file's inode names the version it shows (butlerfs.inodes): :meth:`Tree.shown`
+answers for an inode the kernel still holds after its path moved on.
 """
 
 from __future__ import annotations
 
-import enum
 import errno
 import json
 import logging
 import os
 import posixpath
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import trio
 
 from butler import Butler, DatasetRef
-from butler.errors import ButlerError, DatasetNotFoundError
-from butler.view import REPOS, STATUS, VERSIONS, Node, View
-from butlerfs import scratch
+from butler.errors import DatasetNotFoundError
+from butler.view import INTERNAL, META, REPOS, VERSIONS, Area, Node, View, locate
 from butlerfs.entries import Entry, EntryCache, ListingCache
 from butlerfs.errors import refusal
+from butlerfs.inodes import InodeId
+from butlerfs.logbook import Logbook
 from butlerfs.scratch import Draft, DraftTable, ScratchArea
 from butlerfs.worker import Worker
 
 log = logging.getLogger("butlerfs")
 
-STATUS_FILE = f"{STATUS}/status"
+STATUS_FILE = f"{INTERNAL}/status"
+LOG_FILE = f"{INTERNAL}/log"
+#: The mount's own files in .butler/, made when read.
+INTERNAL_FILES = ("log", "status")
 
 #: Read-ahead of lookups (a cold ``stat`` of many files of one directory): the first
 #: miss in a directory asks for its name alone; each next miss reads that many names
@@ -53,6 +64,10 @@ _AHEAD_DIRECTORIES = 1024  # directories followed; then it starts again
 
 #: Failed lookups the kernel may remember (see Tree.absent); beyond that, none more.
 ABSENT_LIMIT = 4096
+
+#: Old versions the kernel still holds an inode of (an open file, a memory map) whose
+#: attributes were asked for: kept until the kernel forgets the inode, at most this many.
+PINNED_LIMIT = 4096
 
 
 def _listing_key(view: View) -> Hashable:
@@ -85,32 +100,16 @@ def _stat_ahead(
         return exc, nodes
 
 
-class Namespace(enum.Enum):
-    UNION = "union"
-    REPOS = REPOS
-    VERSIONS = VERSIONS
-    INTERNAL = STATUS
-
-
-def namespace(path: str) -> Namespace:
-    head = path.partition("/")[0]
-    for each in (Namespace.REPOS, Namespace.VERSIONS, Namespace.INTERNAL):
-        if head == each.value:
-            return each
-    return Namespace.UNION
-
-
-def is_scratch_path(path: str) -> bool:
-    """A union path, or one below ``.repos/<label>/``, with a component beginning with "."
-    (``.name.XXXXXX``, ``.tmp/x``)."""
-    area = namespace(path)
-    return area in (Namespace.UNION, Namespace.REPOS) and scratch.is_scratch_path(path)
-
-
-def _dataset_paths(label: str, relative: str) -> list[str]:
+def dataset_paths(label: str, relative: str) -> list[str]:
     """Where a change to the file ``relative`` of repository ``label`` shows (as
     ``View.changes_since`` lists them): under .repos/, the union view and .versions/."""
     return [posixpath.join(REPOS, label, relative), relative, posixpath.join(VERSIONS, relative)]
+
+
+def is_internal_file(path: str) -> bool:
+    """A file of the mount's own (``.butler/<name>``), made when read."""
+    place = locate(path)
+    return place.area is Area.INTERNAL and bool(place.relative)
 
 
 @dataclass(frozen=True)
@@ -119,6 +118,9 @@ class Settings:
     source: str
     read_only: bool = False
     private_root: bool = False  # the root is 0700: see butlerfs.access
+    show_meta: bool = False  # -o showmeta: the root lists .repos, .versions, .butler
+    autodefine: bool = False  # -o autodefine: a path may define a new dataset type
+    log_file: str | None = None  # where the daemon logs, for .butler/status
 
 
 class Tree:
@@ -126,31 +128,38 @@ class Tree:
 
     def __init__(
         self,
-        butler: Butler,
-        reopen: Callable[[], Butler],
+        view: View,
+        reopen: Callable[[], View],
         worker: Worker,
         scratch_area: ScratchArea,
         settings: Settings,
         changed: Callable[[str], None],
+        logbook: Logbook | None = None,
     ) -> None:
-        self.butler = butler
-        self.view = View(butler)
+        self.view = view
         self._reopen = reopen
         self.worker = worker
         self.scratch = scratch_area
         self.settings = settings
-        self._notify = changed
-        self._cache = EntryCache()
+        self.notify = changed
+        self.logbook = logbook or Logbook()
+        self.cache = EntryCache()
         self._listings = ListingCache()
         self._ahead: dict[str, int] = {}  # directory → read-ahead window of its next miss
         self._status: tuple[Hashable, bytes] | None = None
         self._absent: set[str] = set()  # paths the kernel was told hold nothing
         self._absent_revision = self.view.revision
+        self._pinned: OrderedDict[InodeId, Entry] = OrderedDict()
         self.drafts = DraftTable()
-        self._made: dict[str, set[str]] = {}  # parent → directories made by mkdir
-        self._write_lock = trio.Lock()
+        self.made: dict[str, set[str]] = {}  # parent → directories made by mkdir
+        #: Held by every change to repositories (put, remove, define), the poll and reload.
+        self.lock = trio.Lock()
         self._token = self.view.token()
         self._started_ns = time.time_ns()
+
+    @property
+    def butler(self) -> Butler:
+        return self.view.butler
 
     # -- reading -----------------------------------------------------------
 
@@ -165,19 +174,17 @@ class Tree:
             draft = drafts.get(path)
             if draft is not None:
                 return self.draft_entry(draft)
-        if path == STATUS_FILE:
-            return None  # made on demand
-        if self._made and self._is_made(path):
+        if self.made and self.is_made(path):
             return self._directory(path)
-        return self._cache.get(path)
+        return self.cache.get(path)
 
     async def stat(self, path: str) -> Entry:
         entry = self.known(path)
         if entry is not None:
             return entry
-        if path == STATUS_FILE:
-            return self._status_entry(await self.status())
-        generation = self._cache.generation
+        if is_internal_file(path):
+            return self._internal_entry(path, await self.internal_file(path))
+        generation = self.cache.generation
         parent = path.rpartition("/")[0]
         ahead = self._ahead
         window = ahead.pop(parent, None)
@@ -190,19 +197,53 @@ class Tree:
                     ahead.clear()
                 ahead[parent] = _AHEAD_FIRST
             entry = self._entry(node)
-            self._cache.put(entry, generation)
+            self.cache.put(entry, generation)
             return entry
         found, nodes = await self.worker.run(_stat_ahead, self.view, path, window)
         entries = self._entries(nodes, parent)
-        self._cache.put_all(entries, generation)
+        self.cache.put_all(entries, generation)
         if isinstance(found, DatasetNotFoundError):
             raise found
         if entries and entries[0].path == path:
             ahead[parent] = min(window * 2, _AHEAD_MOST)  # it paid: read further next time
             return entries[0]
         entry = self._entry(found)
-        self._cache.put(entry, generation)
+        self.cache.put(entry, generation)
         return entry
+
+    async def shown(self, path: str, inode: InodeId) -> Entry:
+        """What the kernel's ``inode`` of ``path`` shows.
+
+        Usually what the path shows now; but an inode names one version (butlerfs.inodes),
+        and the kernel may still hold an older version's inode (an open file, a memory
+        map, or a dentry not yet invalidated): then that version, found among the
+        versions the path has shown.  An inode found nowhere (a draft's, after its
+        commit) shows what the path shows now.
+        """
+        try:
+            entry: Entry | None = self.known(path) or await self.stat(path)
+        except DatasetNotFoundError:
+            entry = None
+        if entry is not None and entry.inode == inode:
+            return entry
+        pinned = self._pinned.get(inode)
+        if pinned is not None:
+            return pinned
+        nodes = await self.worker.run(self.view.version_nodes, path)
+        for node in nodes:
+            candidate = self._entry(node)
+            if candidate.inode == inode:
+                self._pinned[inode] = candidate
+                if len(self._pinned) > PINNED_LIMIT:
+                    self._pinned.popitem(last=False)
+                return candidate
+        if entry is None:
+            raise DatasetNotFoundError(f"/{path}: no such dataset or directory in this view")
+        return entry
+
+    def forget(self, inode: InodeId) -> None:
+        """The kernel no longer holds ``inode``."""
+        self._pinned.pop(inode, None)
 
     async def listdir(self, path: str) -> list[Entry]:
         """The entries of directory ``path``, sorted by name.
@@ -210,17 +251,24 @@ class Tree:
         The library's part is kept, with the view's revision and the registries' change
         token it was listed at, and is listed again only when either moved: one thread
         hop and a MAX() per repository instead of a listing query, so a new dataset still
-        shows the moment it is committed.  Drafts, directories made by mkdir and the
-        status file are added at every call.
+        shows the moment it is committed.  Drafts, directories made by mkdir, the mount's
+        own files (and, with ``-o showmeta``, the namespaces in the root) are added at
+        every call.
         """
         entries = await self._committed_listing(path)
         drafts = self.drafts.children(path) if self.drafts else []
-        made = self._made.get(path, ()) if self._made else ()
-        if not drafts and not made and path != STATUS:
+        made = self.made.get(path, ()) if self.made else ()
+        meta = path == "" and self.settings.show_meta
+        if not drafts and not made and path != INTERNAL and not meta:
             return entries  # shared with the cache: callers never change a listing
         by_name = {entry.name: entry for entry in entries}
-        if path == STATUS:
-            by_name["status"] = self._status_entry(await self.status())
+        if path == INTERNAL:
+            for name in INTERNAL_FILES:
+                child = f"{INTERNAL}/{name}"
+                by_name[name] = self._internal_entry(child, await self.internal_file(child))
+        if meta:
+            for name in META:
+                by_name[name] = self._directory(name)
         for name in made:
             by_name.setdefault(name, self._directory(posixpath.join(path, name)))
         for draft in drafts:
@@ -228,13 +276,13 @@ class Tree:
         return [by_name[name] for name in sorted(by_name)]
 
     async def _committed_listing(self, path: str) -> list[Entry]:
-        generation = self._cache.generation
+        generation = self.cache.generation
         known = self._listings.key(path)
         while True:
             try:
                 key, nodes = await self.worker.run(_list_if_changed, self.view, path, known)
             except DatasetNotFoundError:
-                if not self._is_made(path):
+                if not self.is_made(path):
                     raise
                 return []
             if nodes is not None:
@@ -246,7 +294,7 @@ class Tree:
                 entries = kept
                 break
             known = None  # evicted or replaced meanwhile (another task): list it after all
-        self._cache.put_all(entries, generation)
+        self.cache.put_all(entries, generation)
         return entries
 
     def absent(self, path: str) -> bool:
@@ -260,9 +308,11 @@ class Tree:
         """
         if not path or len(self._absent) >= ABSENT_LIMIT:
             return False
-        if namespace(path) is not Namespace.UNION or self.drafts.get(path) is not None:
+        if locate(path).area is not Area.UNION:
             return False
-        self._check_revision()
+        if self.drafts.get(path) is not None:
+            return False
+        self.check_revision()
         view = self.view
         try:
             if view.parse(path) is not None or view.is_template_directory(path):
@@ -272,7 +322,7 @@ class Tree:
         self._absent.add(path)
         return True
 
-    def _check_revision(self) -> None:
+    def check_revision(self) -> None:
         """A new policy may put something anywhere: the kernel must forget every absence."""
         if self._absent_revision != self.view.revision:
             self._absent_revision = self.view.revision
@@ -287,8 +337,25 @@ class Tree:
             while path:
                 if path in absent:
                     absent.discard(path)
-                    self._notify(path)
+                    self.notify(path)
                 path = path.rpartition("/")[0]
+
+    def changed_here(self, path: str) -> None:
+        """This mount changed ``path``: drop what the daemon and the kernel know of it."""
+        self.cache.drop(path)
+        self.notify(path)
+        self.check_revision()
+        self._forget_absent([path])
+
+    # -- the mount's own files --------------------------------------------------
+
+    async def internal_file(self, path: str) -> bytes:
+        """The bytes of ``.butler/status`` or ``.butler/log``, made when read."""
+        if path == STATUS_FILE:
+            return await self.status()
+        if path == LOG_FILE:
+            return self.logbook.text()
+        raise DatasetNotFoundError(f"/{path}: no such file; {INTERNAL}/ holds status and log")
 
     async def status(self) -> bytes:
         """The status file: made when read, again only after a change (COUNT(*) is slow)."""
@@ -302,30 +369,59 @@ class Tree:
 
     def _status_if_changed(self, view: View, known: Hashable) -> tuple[Hashable, bytes | None]:
         key = _listing_key(view)
-        return (key, None) if key == known else (key, self._status_bytes())
+        return (key, None) if key == known else (key, self._status_bytes(view))
 
-    async def open_dataset(self, path: str) -> tuple[int, Entry]:
-        """An fd on the committed file at ``path`` and its entry."""
+    def _status_bytes(self, view: View) -> bytes:
+        status = view.status()
+        status["mount"] = {
+            "mountpoint": self.settings.mountpoint,
+            "source": self.settings.source,
+            "pid": os.getpid(),
+            "read_only": self.settings.read_only,
+            "scratch": None if self.scratch.directory is None else str(self.scratch.directory),
+            "log": self.settings.log_file,
+            "autodefine": self.settings.autodefine,
+        }
+        return (json.dumps(status, indent=2) + "\n").encode()
+
+    def _internal_entry(self, path: str, data: bytes) -> Entry:
+        return Entry(path, False, 0o444, len(data), time.time_ns(), volatile=True)
+
+    # -- opening -------------------------------------------------------------
+
+    async def open_dataset(self, path: str, inode: InodeId) -> tuple[int, Entry]:
+        """An fd on exactly the version ``inode`` shows, and its entry."""
         for attempt in range(2):
-            entry = await self.stat(path)
+            entry = await self.shown(path, inode)
             ref = entry.ref
             if ref is None:
                 raise refusal(errno.EISDIR, f"/{path} is a directory")
             try:
-                fd = await self.worker.run(os.open, ref.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = await self.worker.run(self.view.open_version, ref)
             except FileNotFoundError:
                 if attempt:
                     raise
-                self._cache.drop(path)  # a newer version replaced it: ask again, once
+                self.cache.drop(path)  # the file is gone (a removal): ask again, once
                 continue
+            assert fd is not None  # the blocking opener always answers
             return fd, entry
         raise AssertionError("unreachable")
 
     async def provenance(self, ref: DatasetRef) -> dict[str, object]:
         return await self.worker.run(self.butler.provenance, ref)
 
+    # -- entries and modes --------------------------------------------------------
+
     def draft_entry(self, draft: Draft) -> Entry:
-        return Entry(draft.path, False, draft.mode, draft.size, draft.mtime_ns, volatile=True)
+        return Entry(
+            draft.path,
+            False,
+            draft.mode,
+            draft.size,
+            draft.mtime_ns,
+            volatile=True,
+            inode=draft.inode,
+        )
 
     def _entry(self, node: Node) -> Entry:
         return self._entries([node], node.path.rpartition("/")[0])[0]
@@ -333,7 +429,7 @@ class Tree:
     def _entries(self, nodes: list[Node], directory: str) -> list[Entry]:
         """Entries of ``nodes``, the children of ``directory`` (modes decided once a type)."""
         # The root holds .repos, .versions and .butler: each child its own namespace.
-        area = None if directory == "" else namespace(directory)
+        area = None if directory == "" else locate(directory).area
         accepts: dict[str, bool] = {}
         entries = []
         for node in nodes:
@@ -343,8 +439,8 @@ class Tree:
                 continue
             writable = accepts.get(dataset_type)
             if writable is None:
-                node_area = area if area is not None else namespace(node.path)
-                writable = node_area is Namespace.UNION and self._accepts(dataset_type)
+                node_area = area if area is not None else locate(node.path).area
+                writable = node_area is Area.UNION and self.accepts(dataset_type)
                 accepts[dataset_type] = writable
             mode = 0o644 if writable else 0o444
             mtime_ns = int(node.committed * 1e9)
@@ -352,324 +448,61 @@ class Tree:
         return entries
 
     def _directory(self, path: str) -> Entry:
-        area = namespace(path)
-        if area is Namespace.UNION:
+        place = locate(path)
+        if place.area is Area.UNION:
             writable = self.writable
         else:
-            writable = area is Namespace.REPOS and self._repo_output(path) is not None
+            writable = place.area is Area.REPOS and self.repo_output(path) is not None
         mode = 0o755 if writable else 0o555
         if path == "" and self.settings.private_root:
             mode &= 0o700
         return Entry(path, True, mode, mtime_ns=self._started_ns)
 
-    def _status_entry(self, data: bytes) -> Entry:
-        return Entry(STATUS_FILE, False, 0o444, len(data), time.time_ns(), volatile=True)
-
-    def _status_bytes(self) -> bytes:
-        status = self.view.status()
-        status["mount"] = {
-            "mountpoint": self.settings.mountpoint,
-            "source": self.settings.source,
-            "pid": os.getpid(),
-            "read_only": self.settings.read_only,
-            "scratch": None if self.scratch.directory is None else str(self.scratch.directory),
-        }
-        return (json.dumps(status, indent=2) + "\n").encode()
-
     @property
     def writable(self) -> bool:
-        return not self.settings.read_only and bool(self.butler.resolver.outputs)
+        return not self.settings.read_only and bool(self.view.outputs)
 
-    def _accepts(self, dataset_type: str) -> bool:
-        return self.writable and any(m.accepts(dataset_type) for m in self.butler.resolver.outputs)
+    def accepts(self, dataset_type: str) -> bool:
+        return self.writable and self.view.accepts(dataset_type)
 
-    def _repo_output(self, path: str) -> str | None:
+    def repo_output(self, path: str) -> str | None:
         """The label of the output ``path`` is in or below (``.repos/<label>[/...]``), if
         it is writable; else None (an input's, ``.repos`` itself, a read-only mount)."""
-        if self.settings.read_only or not path.startswith(REPOS + "/"):
+        place = locate(path)
+        if self.settings.read_only or place.area is not Area.REPOS or not place.label:
             return None
-        label = path.split("/", 2)[1]
-        return label if any(m.label == label for m in self.butler.resolver.outputs) else None
+        return place.label if self.view.is_output(place.label) else None
 
-    def _is_made(self, path: str) -> bool:
+    def is_made(self, path: str) -> bool:
         parent, name = posixpath.split(path)
-        return name in self._made.get(parent, ())
-
-    # -- writing -------------------------------------------------------------
-
-    def check_writable(self, path: str) -> None:
-        """EROFS, with the reason, unless ``path`` is in the writable union view or below
-        an output's ``.repos/<label>/``."""
-        if self.settings.read_only:
-            raise refusal(errno.EROFS, f"/{path}: the mount is read-only (mounted with -o ro)")
-        area = namespace(path)
-        if area is Namespace.REPOS:
-            label, _, relative = path.partition("/")[2].partition("/")
-            if relative and self._repo_output(path) is not None:
-                return
-            outputs = ", ".join(m.label for m in self.butler.resolver.outputs) or "none"
-            if not relative:
-                reason = f"{REPOS}/ lists the repositories; write inside an output's directory"
-            else:
-                reason = f"{label} is not an output, and inputs are never changed; write"
-                reason += " at the dataset's path in the top-level view, or under an output's"
-            raise refusal(errno.EROFS, f"/{path}: {reason} (outputs: {outputs})")
-        if area is not Namespace.UNION:
-            raise refusal(
-                errno.EROFS,
-                f"/{path}: {area.value}/ is read-only; write at the dataset's template path "
-                "in the top-level view instead",
-            )
-        if not self.butler.resolver.outputs:
-            raise refusal(errno.EROFS, f"/{path}: this mount has no output repository")
-
-    async def create(self, path: str, mode: int) -> Draft:
-        """A new draft at ``path``: a scratch name, or a template path an output accepts."""
-        self.check_writable(path)
-        if not is_scratch_path(path):
-            await self.worker.run(self.view.classify_write, path)  # EROFS / EACCES, with reason
-        return await self._new_draft(path, None, 0, mode & 0o777 or 0o644)
-
-    async def open_for_writing(self, path: str) -> Draft:
-        """The draft to write at ``path``: the open one, or a new one based on the dataset."""
-        draft = self.drafts.get(path)
-        if draft is not None:
-            return draft
-        self.check_writable(path)
-        entry = await self.stat(path)
-        if entry.ref is None:
-            raise refusal(errno.EISDIR, f"/{path} is a directory")
-        if namespace(path) is Namespace.REPOS:
-            raise refusal(
-                errno.EROFS,
-                f"/{path}: a dataset under {REPOS}/ is not overwritten in place; write a "
-                "'.' name beside it and rename it over (a new version in this output only), "
-                "or overwrite it in the top-level view (every output)",
-            )
-        await self.worker.run(self.view.classify_write, path)
-        return await self._new_draft(path, entry.ref.path, entry.size, 0o644)
-
-    async def _new_draft(self, path: str, base: str | None, size: int, mode: int) -> Draft:
-        suffix = "" if is_scratch_path(path) else posixpath.splitext(path)[1]
-        file, fd = await self.worker.run(self.scratch.create_file, suffix)
-        draft = Draft(path, file, fd, base, size, mode)
-        self.drafts.add(draft)
-        return draft
-
-    def attach(self, draft: Draft, writable: bool) -> None:
-        """One more open handle on ``draft``."""
-        draft.handles += 1
-        draft.writers += writable
-
-    def ready_to_commit(self, draft: Draft) -> bool:
-        """At the close of a writer: is it the last writer of a changed template-path draft?"""
-        return draft.dirty and draft.writers == 1 and not draft.is_scratch and not draft.discarded
-
-    async def release(self, draft: Draft, writable: bool) -> None:
-        """A handle closed.  The last writer of a template-path draft ends it: put, drop."""
-        draft.handles -= 1
-        draft.writers -= writable
-        if draft.discarded:
-            if draft.handles == 0:
-                await self.worker.run(scratch.close_file, draft)
-            return
-        if not writable or draft.writers > 0 or draft.is_scratch:
-            return
-        try:
-            if draft.dirty:  # written after the last flush (a shared mmap, say)
-                await self.commit(draft)
-        finally:
-            await self.discard(draft)
-
-    async def commit(self, draft: Draft, path: str | None = None) -> list[DatasetRef]:
-        """Put the draft's bytes as the dataset at ``path`` (default: its own path)."""
-        target = draft.path if path is None else path
-        await scratch.prepare(draft, self.worker)
-        draft.dirty = False  # consumed, whether the put succeeds or not: no retry at release
-        async with self._write_lock:
-            try:
-                refs = await self.worker.run(self._put, draft, target)
-            except ButlerError as exc:
-                # The library names the scratch file, which means nothing to the user.
-                reason = str(exc).replace(str(draft.file), f"the bytes written to /{target}")
-                raise refusal(
-                    exc.errno or errno.EIO, f"/{target}: nothing was put: {reason}"
-                ) from exc
-        self._changed_here(target)
-        for ref in refs:  # the same dataset in the other namespaces, before the poll sees it
-            for each in _dataset_paths(ref.repository, ref.relative_path):
-                if each != target:
-                    self._changed_here(each)
-        labels = ", ".join(ref.repository for ref in refs)
-        log.info("put /%s: %s v%d to %s", target, refs[0].dataset_type, refs[0].version, labels)
-        return refs
-
-    def _put(self, draft: Draft, path: str) -> list[DatasetRef]:
-        target = self.view.classify_write(path)
-        if target.define_genre is not None:
-            self.butler.define(target.dataset_type, genre=target.define_genre)
-            self.view.refresh()
-        self.scratch.with_suffix(draft, posixpath.splitext(path)[1])
-        provenance = {"butlerfs": {"mountpoint": self.settings.mountpoint, "path": path}}
-        return self.butler.ingest(
-            draft.file,
-            target.dataset_type,
-            dict(target.data_id),
-            provenance=provenance,
-            outputs=target.outputs,  # a .repos/<label>/ path: that output alone
-        )
-
-    async def discard(self, draft: Draft) -> None:
-        """Forget a draft; its file goes now, its fd with the last handle."""
-        if self.drafts.get(draft.path) is draft:
-            self.drafts.pop(draft.path)
-            self._changed_here(draft.path)  # the kernel's pages were the draft's
-        draft.discarded = True
-        await self.worker.run(scratch.close_file, draft)
-
-    async def truncate(self, path: str, size: int) -> Entry:
-        """``truncate``/``O_TRUNC``: of a draft, in place; of a dataset, a new version now."""
-        draft = self.drafts.get(path)
-        if draft is not None:
-            await scratch.truncate(draft, self.worker, size)
-            return self.draft_entry(draft)
-        draft = await self.open_for_writing(path)
-        try:
-            await scratch.truncate(draft, self.worker, size)
-            await self.commit(draft)
-        finally:
-            await self.discard(draft)
-        return await self.stat(path)
-
-    async def set_mode(self, path: str, mode: int) -> Entry:
-        """chmod: a draft keeps it (rsync sets it before the rename); datasets ignore it."""
-        draft = self.drafts.get(path)
-        if draft is None:
-            return await self.stat(path)
-        draft.mode = mode & 0o777
-        return self.draft_entry(draft)
-
-    def _changed_here(self, path: str) -> None:
-        self._cache.drop(path)
-        self._notify(path)
-        self._check_revision()
-        self._forget_absent([path])
+        return name in self.made.get(parent, ())
 
     async def statfs(self) -> os.statvfs_result:
         """The first output's filesystem (where writes go), else the first input's."""
-        members = self.butler.resolver.outputs or self.butler.resolver.search
-        return await self.worker.run(os.statvfs, members[0].path)
-
-    async def mkdir(self, path: str) -> Entry:
-        self.check_writable(path)
-        if await self._exists(path):
-            raise refusal(errno.EEXIST, f"/{path} exists")
-        if not is_scratch_path(path) and not self.view.is_template_directory(path):
-            raise refusal(
-                errno.EACCES,
-                f"/{path}: no dataset type's template has such a directory; see the "
-                "templates in .butler/status",
-            )
-        parent, name = posixpath.split(path)
-        self._made.setdefault(parent, set()).add(name)
-        return self._directory(path)
-
-    async def rmdir(self, path: str) -> None:
-        self.check_writable(path)
-        entry = await self.stat(path)
-        if not entry.is_directory:
-            raise refusal(errno.ENOTDIR, f"/{path} is not a directory")
-        if await self.listdir(path):
-            raise refusal(errno.ENOTEMPTY, f"/{path} is not empty")
-        parent, name = posixpath.split(path)
-        self._made.get(parent, set()).discard(name)
-
-    async def unlink(self, path: str) -> None:
-        """Delete a draft, or remove a dataset from every output holding it."""
-        draft = self.drafts.get(path)
-        if draft is not None:
-            await self.discard(draft)
-            return
-        self.check_writable(path)
-        entry = await self.stat(path)
-        if entry.ref is None:
-            raise refusal(errno.EISDIR, f"/{path} is a directory")
-        ref = entry.ref
-        async with self._write_lock:
-            labels = await self.worker.run(self._remove, ref, path)
-        self._changed_here(path)
-        for label in labels:  # the same dataset in the other namespaces
-            for each in _dataset_paths(label, ref.relative_path):
-                if each != path:
-                    self._changed_here(each)
-
-    def _remove(self, ref: DatasetRef, path: str) -> list[str]:
-        """Remove from every output holding it, or (``.repos/<label>/``) from that one."""
-        label = self._repo_output(path)
-        if label is not None:
-            labels = self.butler.remove(ref.dataset_type, ref.data_id, outputs=[label])
-        else:
-            try:
-                labels = self.butler.remove(ref.dataset_type, ref.data_id)
-            except DatasetNotFoundError:
-                raise refusal(
-                    errno.EROFS,
-                    f"/{path}: only input {ref.repository} holds it, and inputs are never changed",
-                ) from None
-        log.info("removed /%s from %s", path, ", ".join(labels))
-        return labels
-
-    async def rename(self, old: str, new: str, *, replace: bool = True) -> None:
-        """Only a scratch file moves: within scratch, or onto a template path (a put)."""
-        draft = self.drafts.get(old)
-        if draft is None or not draft.is_scratch:
-            await self.stat(old)  # ENOENT if there is nothing to rename
-            raise refusal(
-                errno.EXDEV,
-                f"/{old} → /{new}: datasets are not renamed in place; copy and delete "
-                "(mv does this by itself)",
-            )
-        self.check_writable(new)
-        if not replace and await self._exists(new):
-            raise refusal(errno.EEXIST, f"/{new} exists (rename without replace)")
-        if is_scratch_path(new):
-            replaced = self.drafts.get(new)
-            if replaced is not None:
-                await self.discard(replaced)
-            self.drafts.move(draft, new)
-            return
-        await self.commit(draft, new)
-        await self.discard(draft)
-
-    async def _exists(self, path: str) -> bool:
-        try:
-            await self.stat(path)
-        except DatasetNotFoundError:
-            return False
-        return True
+        return await self.worker.run(os.statvfs, self.view.space_path())
 
     # -- changes from elsewhere --------------------------------------------------
 
     async def changes(self) -> list[str]:
         """Paths changed since the last call, by anyone (this mount included)."""
-        async with self._write_lock:
+        async with self.lock:
             self._token, paths = await self.worker.run(self.view.changes_since, self._token)
         for path in paths:
-            self._cache.drop(path)
-        self._check_revision()
+            self.cache.drop(path)
+        self.check_revision()
         self._forget_absent(paths)
         return paths
 
     async def reload(self) -> None:
         """Open the source again (SIGHUP): new repositories, policies, labels."""
-        async with self._write_lock:
-            butler = await self.worker.run(self._reopen)
-            view = await self.worker.run(View, butler)
-            old, self.butler, self.view = self.butler, butler, view
-            self._cache.clear()
+        async with self.lock:
+            view = await self.worker.run(self._reopen)
+            old, self.view = self.view, view
+            self.cache.clear()
             self._listings.clear()
+            self._pinned.clear()
             self._status = None
             self._forget_absent(list(self._absent))
             self._absent_revision = view.revision
             self._token = await self.worker.run(view.token)
-        await self.worker.run(old.close)
+        await self.worker.run(old.butler.close)

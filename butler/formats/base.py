@@ -4,6 +4,13 @@ A format turns one kind of Python object into the bytes of one file and back.
 It is a small class with four attributes and three methods (`StorageFormat`);
 nothing inherits from a base class, so a plug-in format needs no import from here.
 
+Optionally, a format says how its files begin, so that bytes which cannot be
+its file are refused at the first write (the mount fails that ``write()`` with
+EINVAL) rather than at the end: an attribute ``signature`` (the bytes every file
+begins with, or None) and a method ``check_start(first_bytes)`` raising
+`FormatError`.  `check_start` below asks either; a format with neither accepts
+any start.
+
 This module imports neither numpy nor astropy: `import butler.formats` must stay cheap.
 """
 
@@ -69,6 +76,32 @@ class StorageFormat(Protocol):
         The message names the file, what is wrong with it and what to do.
         """
         ...
+
+
+def check_start(storage_format: StorageFormat, first: bytes) -> None:
+    """Raise `FormatError` if ``first``, the first bytes written, cannot begin a file of
+    ``storage_format`` (its ``check_start``, else its ``signature``; else anything goes).
+
+    ``first`` may be shorter than the format's signature (a short first write): then it
+    must be the signature's beginning.
+    """
+    custom = getattr(storage_format, "check_start", None)
+    if callable(custom):
+        custom(first)
+        return
+    signature = getattr(storage_format, "signature", None)
+    if isinstance(signature, bytes):
+        require_signature(storage_format, signature, first)
+
+
+def require_signature(storage_format: StorageFormat, signature: bytes, first: bytes) -> None:
+    """`FormatError` unless ``first`` begins with ``signature`` (or is its beginning)."""
+    shown = first[: len(signature)]
+    if not (first.startswith(signature) or signature.startswith(first)):
+        raise FormatError(
+            f"the bytes do not begin like a {storage_format.name} file (one begins with "
+            f"{signature!r}; these begin with {shown!r})"
+        )
 
 
 def python_type_name(obj: object) -> str:

@@ -33,7 +33,17 @@ from typing import TYPE_CHECKING, Any
 
 from butler.errors import FormatError
 from butler.formats import fits_layout
-from butler.formats.base import StorageFormat, bad_file, choose_python, wrong_object
+from butler.formats.base import (
+    StorageFormat,
+    bad_file,
+    choose_python,
+    require_signature,
+    wrong_object,
+)
+
+#: Every FITS file begins with its primary header's first card: keyword SIMPLE padded to
+#: eight columns, then the value indicator "=" (FITS standard 4.0, section 4.4.1.1).
+SIGNATURE = b"SIMPLE  ="
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -73,6 +83,10 @@ class FitsFormat:
     extension = ".fits"
     default_python = "astropy.io.fits.HDUList"
     python_types = ("astropy.io.fits.HDUList", "numpy.ndarray")
+    signature = SIGNATURE
+
+    def check_start(self, first: bytes) -> None:
+        require_signature(self, SIGNATURE, first)
 
     def serialize(self, obj: object) -> bytes:
         return _write(self._as_hdu_list(obj))
@@ -130,6 +144,10 @@ class FitsTableFormat:
     extension = ".fits"
     default_python = "astropy.table.Table"
     python_types = ("astropy.table.Table",)
+    signature = SIGNATURE
+
+    def check_start(self, first: bytes) -> None:
+        require_signature(self, SIGNATURE, first)
 
     def serialize(self, obj: object) -> bytes:
         import numpy as np

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from butler.errors import FormatError
-from butler.formats.base import bad_file, choose_python, wrong_object
+from butler.formats.base import bad_file, choose_python, require_signature, wrong_object
 
 try:
     import h5py
@@ -30,6 +30,11 @@ except ImportError as error:  # raised by get_format("hdf5"), so only users of h
     raise FormatError(
         "the hdf5 format needs h5py: install the hdf5 extra: pip install 'butlerfs[hdf5]'"
     ) from error
+
+#: The HDF5 superblock's signature.  HDF5 allows a "user block" before the superblock
+#: (which then starts at 512, 1024, ...); h5py writes none, and a file with one is
+#: refused at its first write: this format's files begin with the signature.
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 _ACCESS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
@@ -44,6 +49,10 @@ class Hdf5Format:
     extension = ".h5"
     default_python = "numpy.ndarray"
     python_types = ("numpy.ndarray",)
+    signature = SIGNATURE
+
+    def check_start(self, first: bytes) -> None:
+        require_signature(self, SIGNATURE, first)
 
     def serialize(self, obj: object) -> bytes:
         dataset_name, array, attributes = self._parts(obj)

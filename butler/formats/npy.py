@@ -14,7 +14,10 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from butler.errors import FormatError
-from butler.formats.base import bad_file, choose_python, wrong_object
+from butler.formats.base import bad_file, choose_python, require_signature, wrong_object
+
+#: Every .npy file begins with this (numpy.lib.format: "\x93NUMPY", then the version).
+SIGNATURE = b"\x93NUMPY"
 
 
 class NpyFormat:
@@ -24,6 +27,10 @@ class NpyFormat:
     extension = ".npy"
     default_python = "numpy.ndarray"
     python_types = ("numpy.ndarray",)
+    signature = SIGNATURE
+
+    def check_start(self, first: bytes) -> None:
+        require_signature(self, SIGNATURE, first)
 
     def serialize(self, obj: object) -> bytes:
         if not isinstance(obj, np.ndarray):

@@ -10,8 +10,10 @@ offending value sits, so it can be converted.
 
 from __future__ import annotations
 
+import codecs
 import datetime
 import json
+import re
 from dataclasses import dataclass
 
 from butler import yamlio
@@ -49,6 +51,34 @@ _JSON_RULES = _PlainRules(
 )
 
 
+# What cannot begin a document of these formats, checked on the first bytes written (the
+# mount refuses such a write at once).  Both are text: UTF-8 (a byte-order mark allowed),
+# without NUL or other control characters than tab, newline and carriage return.  JSON
+# holds a dict or a list here, so its first character that is not blank is "{" or "[".
+_UTF8_BOM = codecs.BOM_UTF8
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_JSON_BLANK = " \t\n\r"
+
+
+def _start_text(storage_format: StorageFormat, first: bytes) -> str:
+    """The first bytes as text, or `FormatError` if they cannot begin a UTF-8 text file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(first.removeprefix(_UTF8_BOM), final=False)
+    except UnicodeDecodeError as error:
+        raise FormatError(
+            f"the bytes do not begin like a {storage_format.name} file: they are not "
+            f"UTF-8 text ({error.reason} at byte {error.start})"
+        ) from None
+    control = _CONTROL.search(text)
+    if control is not None:
+        raise FormatError(
+            f"the bytes do not begin like a {storage_format.name} file: they hold the "
+            f"control character {control.group()!r}, which a text file does not"
+        )
+    return text
+
+
 class YamlFormat:
     """A dict or list of plain data as block YAML (through `butler.yamlio`, safe loader only)."""
 
@@ -56,6 +86,10 @@ class YamlFormat:
     extension = ".yaml"
     default_python = "dict"
     python_types = ("dict", "list")
+    signature = None  # YAML begins many ways; check_start refuses what is not text
+
+    def check_start(self, first: bytes) -> None:
+        _start_text(self, first)
 
     def serialize(self, obj: object) -> bytes:
         _require_plain(self, obj, _YAML_RULES)
@@ -83,6 +117,15 @@ class JsonFormat:
     extension = ".json"
     default_python = "dict"
     python_types = ("dict", "list")
+    signature = None  # blanks may come first; check_start looks past them
+
+    def check_start(self, first: bytes) -> None:
+        text = _start_text(self, first).lstrip(_JSON_BLANK)
+        if text and text[0] not in "{[":
+            raise FormatError(
+                f"the bytes do not begin like a json file of a dict or a list: the first "
+                f"character is {text[0]!r}, not '{{' or '['"
+            )
 
     def serialize(self, obj: object) -> bytes:
         _require_plain(self, obj, _JSON_RULES)

@@ -23,6 +23,7 @@ from butler.formats import (
     python_type_name,
     register_format,
 )
+from butler.formats.base import check_start
 
 REPO = Path(__file__).resolve().parents[2]
 BUILT_IN = ("fits", "fits-table", "yaml", "json", "npy", "hdf5")
@@ -506,3 +507,40 @@ def test_large_fits_image(tmp_path: Path) -> None:
     assert isinstance(result, np.ndarray)
     assert result.shape == data.shape and result[0, 0] == 2.0 and result[-1, -1] == 1.0
     assert data[0, 0] == 2.0 and data.dtype.isnative
+
+
+# -- how a file begins (the mount checks the first bytes written) ---------------------------
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_every_written_file_passes_its_start_check(name: str) -> None:
+    """Whatever serialize writes begins as check_start expects, cut anywhere."""
+    storage_format = get_format(name)
+    data = storage_format.serialize(SAMPLES[name])
+    for cut in (0, 1, 4, 9, 64, len(data)):
+        check_start(storage_format, data[:cut])
+
+
+@pytest.mark.parametrize(
+    ("name", "first"),
+    [
+        ("fits", b"plain text\n"),
+        ("fits-table", b"\x89HDF\r\n"),
+        ("npy", b"SIMPLE  ="),
+        ("hdf5", b"\x93NUMPY"),
+        ("yaml", b"\x00\x00\x00"),
+        ("yaml", b"\xff\xfe\x00"),
+        ("json", b'  "just a string"'),
+        ("json", b"42"),
+    ],
+)
+def test_bytes_that_cannot_begin_a_file_are_refused(name: str, first: bytes) -> None:
+    with pytest.raises(FormatError, match=f"do not begin like a {name}"):
+        check_start(get_format(name), first)
+
+
+def test_a_format_without_a_start_check_accepts_any_start() -> None:
+    class Plain:
+        name = "plain"
+
+    check_start(Plain(), b"\x00anything")  # type: ignore[arg-type]

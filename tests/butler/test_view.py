@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from butler import Butler, DataRepository, DatasetNotFoundError
 from butler.errors import InvalidDataIdError, NoOutputError
-from butler.view import View
+from butler.view import Area, Place, View, locate
 
 POLICY = {
     "genres": {
@@ -42,7 +43,9 @@ def names(nodes: list) -> list[str]:  # type: ignore[type-arg]
 
 
 def test_union_tree(view: View) -> None:
-    assert names(view.listdir("")) == [".repos", ".versions", ".butler", "calexp", "raw"]
+    # The root lists the union only; the other namespaces are reached by name.
+    assert names(view.listdir("")) == ["calexp", "raw"]
+    assert all(view.stat(name).is_directory for name in (".repos", ".versions", ".butler"))
     assert names(view.listdir("raw/v0000001")) == [
         "raw-c000.yaml",
         "raw-c001.yaml",
@@ -117,3 +120,37 @@ def test_change_token_reports_paths_put_by_another_butler(view: View, tmp_path: 
     assert "calexp/v0000003/calexp-c001.yaml" in paths
     assert view.stat("calexp/v0000003/calexp-c001.yaml").ref is not None
     assert view.changes_since(token) == (token, [])
+
+
+def test_a_path_is_located_once() -> None:
+    assert locate("") == Place(Area.UNION, "", relative="")
+    assert locate("calexp/v0000001/x.yaml") == Place(
+        Area.UNION, "calexp/v0000001/x.yaml", relative="calexp/v0000001/x.yaml"
+    )
+    assert locate(".repos") == Place(Area.REPOS, ".repos")
+    assert locate(".repos/work/calexp/x.yaml") == Place(
+        Area.REPOS, ".repos/work/calexp/x.yaml", "work", "calexp/x.yaml"
+    )
+    assert locate(".versions/calexp/x.yaml/v2.yaml").relative == "calexp/x.yaml/v2.yaml"
+    assert locate(".butler/log") == Place(Area.INTERNAL, ".butler/log", relative="log")
+    assert locate(".repos/work").is_namespace_root and not locate("calexp").is_namespace_root
+
+
+def test_open_version_serves_that_version_after_newer_ones(view: View) -> None:
+    path = "calexp/v0000001/calexp-c000.yaml"
+    current = view.stat(path).ref
+    assert current is not None and current.version == 2
+    view.butler.put({"v": 3, "longer": "x" * 100}, "calexp", visit=1, ccd=0)
+    # The ref was the current version's when taken; it opens as version 2 still.
+    fd = view.open_version(current)
+    assert fd is not None
+    try:
+        assert os.read(fd, 1000) == b"v: 2\n"
+    finally:
+        os.close(fd)
+    versions = view.version_nodes(path)  # both outputs hold calexp: every version of each
+    shown = [(n.ref.repository, n.ref.version) for n in versions]  # type: ignore[union-attr]
+    assert shown == [("work", 1), ("work", 2), ("work", 3)] + [
+        ("only-calexp", v) for v in (1, 2, 3)
+    ]
+    assert {node.txid for node in versions} == {node.ref.txid for node in versions}  # type: ignore[union-attr]

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,11 +144,12 @@ class Mount:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *args: str) -> Mount:
+    def start(self, *args: str, wrapper: Sequence[str] = ()) -> Mount:
+        """Start the daemon (``wrapper`` runs it, e.g. ``prlimit --nofile=...``)."""
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                butlerfs_command("mount", *args, str(self.mountpoint), "-f"),
+                [*wrapper, *butlerfs_command("mount", *args, str(self.mountpoint), "-f")],
                 stdout=log,
                 stderr=log,
                 env=environment(),
@@ -222,16 +223,17 @@ MountFactory = Callable[..., Mount]
 
 @pytest.fixture
 def start_mount(tmp_path: Path) -> Iterator[MountFactory]:
-    """``start_mount(*args, mountpoint=None)`` → a running Mount; all checked at teardown."""
+    """``start_mount(*args, mountpoint=None, wrapper=())`` → a running Mount; all checked at
+    teardown."""
     require_fuse()
     started: list[Mount] = []
 
-    def start(*args: str, mountpoint: Path | None = None) -> Mount:
+    def start(*args: str, mountpoint: Path | None = None, wrapper: Sequence[str] = ()) -> Mount:
         index = len(started)
         where = mountpoint or tmp_path / f"mnt{index}"
         mount = Mount(where, tmp_path / f"daemon{index}.log")
         started.append(mount)
-        return mount.start(*args)
+        return mount.start(*args, wrapper=wrapper)
 
     yield start
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -110,7 +111,7 @@ def test_repos_and_versions_namespaces(mounted: Mount, layout: Layout) -> None:
 
 
 def test_status_file(mounted: Mount, layout: Layout) -> None:
-    assert os.listdir(mounted.path(".butler")) == ["status"]
+    assert os.listdir(mounted.path(".butler")) == ["log", "status"]
     text = mounted.path(".butler/status").read_text()
     assert len(text.encode()) == mounted.path(".butler/status").stat().st_size
     status = json.loads(text)
@@ -147,9 +148,15 @@ def test_getfattr_shows_the_butler_keys(mounted: Mount, layout: Layout) -> None:
     }
 
 
-def test_unknown_xattrs_answer_enodata(mounted: Mount) -> None:
-    for name in ("security.selinux", "user.other", "user.butler.nope"):
+def test_unknown_xattrs_answer_enodata_and_other_namespaces_enotsup(mounted: Mount) -> None:
+    for name in ("user.other", "user.butler.nope"):
         with pytest.raises(OSError) as caught:
             os.getxattr(mounted.path(CALEXP_3_2), name)
-        assert caught.value.errno == 61, name  # ENODATA
+        assert caught.value.errno == errno.ENODATA, name
+    # No SELinux labels, no ACLs: "not supported", which ls remembers per filesystem.
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        for target in (CALEXP_3_2, "calexp"):
+            with pytest.raises(OSError) as caught:
+                os.getxattr(mounted.path(target), name)
+            assert caught.value.errno == errno.EOPNOTSUPP, (name, target)
     assert os.listxattr(mounted.path("calexp")) == []

@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from butler import Butler, DataRepository
+from butler.confine import Root
 from butler.view import View
 from butlerfs.entries import Entry, EntryCache, ListingCache
-from butlerfs.inodes import InodeTable, inode_of
+from butlerfs.inodes import InodeTable, version_inode
 from butlerfs.options import parse
 from butlerfs.scratch import ScratchArea
 from butlerfs.tree import Settings, Tree
-from butlerfs.worker import Worker, open_cached, read_cached
+from butlerfs.worker import Worker, read_cached
 from tests.butler.conftest import STANDARD_POLICY, settle
 from tests.butlerfs.conftest import CALEXP_3_2, Layout, Mount, MountFactory
 
@@ -45,9 +46,13 @@ def many(tmp_path: Path) -> Path:
     return root
 
 
-def sizes(root: Path) -> dict[str, int]:
+def sizes(root: Path) -> dict[str, tuple[int, int]]:
+    """Path → (size, inode number) of every visitInfo."""
     with Butler(root) as butler:
-        return {ref.relative_path: ref.size for ref in butler.query("visitInfo")}
+        return {
+            ref.relative_path: (ref.size, version_inode(ref.relative_path, ref.txid))
+            for ref in butler.query("visitInfo")
+        }
 
 
 # -- listings and lookups -------------------------------------------------------------------
@@ -71,15 +76,15 @@ def test_stat_of_every_file_without_a_listing(many: Path, start_mount: MountFact
     expected = sizes(many)
     mount = start_mount(str(many))
     # In name order (read-ahead windows), then in another order on a fresh mount.
-    for path, size in sorted(expected.items()):
+    for path, (size, inode) in sorted(expected.items()):
         found = mount.path(path).stat()
-        assert (found.st_size, found.st_ino) == (size, inode_of(path)), path
+        assert (found.st_size, found.st_ino) == (size, inode), path
         with pytest.raises(FileNotFoundError):  # an odd visit: in the window, but absent
             mount.path(INFO.format(int(path[-12:-5]) + 1)).stat()
     other = start_mount(str(many))
     shuffled = list(expected.items())
     random.Random(7).shuffle(shuffled)
-    for path, size in shuffled:
+    for path, (size, _) in shuffled:
         assert other.path(path).stat().st_size == size, path
     # A dataset put after the read-ahead shows at once (it was never in a window).
     with Butler(many) as butler:
@@ -166,7 +171,8 @@ def test_xattr_notsup_refuses_other_namespaces(layout: Layout, start_mount: Moun
 
 
 def test_the_xattr_option_is_checked() -> None:
-    assert parse([], "s").xattr == "butler"
+    assert parse([], "s").xattr == "notsup"
+    assert parse(["xattr=butler"], "s").xattr == "notsup"  # the old default, in old fstabs
     assert parse(["xattr=nosys"], "s").xattr == "nosys"
     assert not any(option.startswith("xattr") for option in parse(["xattr=notsup"], "s").fuse)
     with pytest.raises(Exception, match="xattr=off"):
@@ -205,9 +211,10 @@ def test_a_listing_window_is_the_listing_cut(layout: Layout) -> None:
 def test_tree_remembers_absence_only_where_no_template_reaches(layout: Layout) -> None:
     told: list[str] = []
     with layout.butler() as butler:
+        view = View(butler)
         tree = Tree(
-            butler,
-            lambda: butler,
+            view,
+            lambda: view,
             Worker(),
             ScratchArea(None),
             Settings("/nowhere", "test"),
@@ -218,11 +225,11 @@ def test_tree_remembers_absence_only_where_no_template_reaches(layout: Layout) -
         assert not tree.absent(INFO.format(9))  # a put may make it
         assert not tree.absent("calexp/v0000009")  # a template directory
         assert not tree.absent(".versions/visitInfo/.git")
-        tree._changed_here("visitInfo/.git/objects/x")  # a change below: forget it
+        tree.changed_here("visitInfo/.git/objects/x")  # a change below: forget it
         assert told == ["visitInfo/.git/objects/x", "visitInfo/.git"]
         told.clear()
         tree.view.refresh()  # a policy change: the kernel must forget every absence
-        tree._check_revision()
+        tree.check_revision()
         assert told == [".git"]
 
 
@@ -259,13 +266,21 @@ def test_inode_table_follows_the_kernels_counts() -> None:
     for _ in range(4):
         table.remember("a/b", inode)
     assert table.lookups(inode) == 5
-    table.forget(inode, 2)
+    assert not table.forget(inode, 2)
     assert table.lookups(inode) == 3
-    table.move("a/b", "a/c")
+    table.move(inode, "a/c")
     assert table.path(inode) == "a/c" and table.lookups(inode) == 3
-    table.forget(inode, 3)
+    # Two versions of one path, each its own inode with its own count.
+    older, newer = version_inode("a/c", "t1"), version_inode("a/c", "t2")
+    table.remember("a/c", older)
+    table.remember("a/c", newer)
+    table.remember("a/c", newer)
+    assert (table.lookups(older), table.lookups(newer)) == (1, 2)
+    assert table.forget(older, 1) and table.lookups(newer) == 2
+    assert table.forget(inode, 3)
     assert table.lookups(inode) == 0 and table.get(inode) is None
-    table.forget(inode, 1)  # a late forget of a forgotten inode: ignored
+    assert not table.forget(inode, 1)  # a late forget of a forgotten inode: ignored
+    assert table.forget(newer, 2)
     assert len(table) == 1  # the root
 
 
@@ -274,9 +289,9 @@ def test_cached_open_and_read(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(data)
     os.stat(path)  # every component now in the dentry cache
-    fd = open_cached(str(path))
-    if fd is None:
-        pytest.skip("no openat2 with RESOLVE_CACHED on this kernel")
+    root = Root(str(tmp_path))
+    fd = root.open_cached("f")  # this kernel (6.x) has openat2 with RESOLVE_CACHED
+    assert fd is not None
     try:
         os.read(fd, 1)  # the page is cached
         assert bytes(read_cached(fd, 4096, 0, len(data)) or b"?") == data[:4096]
@@ -285,4 +300,7 @@ def test_cached_open_and_read(tmp_path: Path) -> None:
         assert at_end is not None and bytes(at_end) == b""
     finally:
         os.close(fd)
-    assert open_cached(str(tmp_path / "missing")) is None
+    with pytest.raises(FileNotFoundError):  # after a lookup, the kernel knows it is absent
+        os.stat(tmp_path / "missing")
+    assert root.open_cached("missing") is None  # the worker thread says why
+    root.close()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from butlerfs.inodes import ROOT, InodeTable, inode_of
+from butlerfs.inodes import ROOT, InodeTable, draft_inode, inode_of, version_inode
 
 
 def test_root_is_pyfuse3s_root() -> None:
@@ -51,6 +51,16 @@ def test_root_is_never_forgotten() -> None:
 
 def test_a_renamed_inode_follows_its_new_name() -> None:
     table = InodeTable()
-    inode = table.remember("calexp/.tmp.XYZ")
-    assert table.move("calexp/.tmp.XYZ", "calexp/final.fits") == inode
-    assert table.path(inode) == "calexp/final.fits"
+    inode = table.remember("calexp/.tmp.XYZ", draft_inode("calexp/.tmp.XYZ"))
+    table.move(inode, "calexp/.tmp.ABC")
+    assert table.path(inode) == "calexp/.tmp.ABC"
+    assert table.remember("calexp/.tmp.ABC", inode) == inode
+
+
+def test_a_file_inode_names_one_version() -> None:
+    path = "calexp/v0000001/calexp-v0000001-c001.fits"
+    first, second = version_inode(path, "tx1"), version_inode(path, "tx2")
+    assert first != second != inode_of(path)
+    assert first == version_inode(path, "tx1")  # the same at every mount, on every host
+    assert 1 < first < 2**63
+    assert draft_inode(path) != draft_inode(path)  # drafts: never the same twice

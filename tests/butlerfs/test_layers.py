@@ -20,12 +20,15 @@ ORDER = [
     "handles",
     "attributes",
     "xattrs",
+    "writes",
     "tree",
     "entries",
     "scratch",
     "inodes",
     "worker",
     "errors",
+    "logbook",
+    "exits",
     "options",
     "systemd",
 ]
@@ -64,3 +67,15 @@ def test_the_library_never_imports_the_mount() -> None:
     for path in LIBRARY.rglob("*.py"):
         source = path.read_text()
         assert "import butlerfs" not in source and "from butlerfs" not in source, path
+
+
+def test_the_mount_asks_the_view_not_the_resolver() -> None:
+    """butlerfs uses butler.view.View (and the Butler's public API), never the resolver's
+    attributes: what the mount needs from the library is a View method."""
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                assert node.attr != "resolver", f"{path.name}:{node.lineno} reads .resolver"
+            if isinstance(node, ast.ImportFrom) and node.module == "butler.resolver":
+                names = {alias.name for alias in node.names}
+                assert names <= {"DatasetRef"}, f"{path.name} imports {names} from the resolver"

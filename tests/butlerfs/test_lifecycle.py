@@ -169,7 +169,14 @@ def test_inputs_and_outputs_on_the_command_line(
 ) -> None:
     fresh = tmp_path / "fresh"
     mount = start_mount(
-        "--input", f"{layout.in2}:second", "--input", str(layout.in1), "--output", str(fresh)
+        "--input",
+        f"{layout.in2}:second",
+        "--input",
+        str(layout.in1),
+        "--output",
+        str(fresh),
+        "-o",
+        "autodefine",
     )
     # in2 comes first now: its calexp 1/1 wins.
     assert mount.path(CALEXP_1_1).read_bytes() == (layout.in2 / CALEXP_1_1).read_bytes()
@@ -180,7 +187,8 @@ def test_inputs_and_outputs_on_the_command_line(
     mount.path(target).parent.mkdir(parents=True)
     make_image(41).writeto(mount.path(target))
     assert (fresh / target).is_file()
-    # A new dataset type, written by path: defined from the one genre whose template fits.
+    # A new dataset type, written by path (-o autodefine): defined from the one genre whose
+    # template fits.
     coadd = exposure_path("deepCoadd", 4, 1)
     mount.path(coadd).parent.mkdir(parents=True)
     make_image(42).writeto(mount.path(coadd))

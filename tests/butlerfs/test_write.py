@@ -165,10 +165,13 @@ def test_namespaces_other_than_the_union_are_read_only(mounted: Mount) -> None:
         assert caught.value.errno == errno.EROFS, path
 
 
-def test_a_bad_file_fails_at_close_and_puts_nothing(mounted: Mount, layout: Layout) -> None:
+def test_a_bad_file_fails_at_close_and_puts_nothing(
+    mounted: Mount, layout: Layout, tmp_path: Path
+) -> None:
     target = exposure_path("calexp", 3, 9)
+    whole = write_image(tmp_path / "image.fits", 39)
     fd = os.open(mounted.path(target), os.O_WRONLY | os.O_CREAT, 0o644)
-    os.write(fd, b"this is not a FITS file")
+    os.write(fd, whole[: len(whole) // 2])  # begins like FITS, but is cut short
     with pytest.raises(OSError) as caught:
         os.close(fd)
     assert caught.value.errno == errno.EINVAL
@@ -215,3 +218,24 @@ def test_written_fits_is_readable_with_memmap(mounted: Mount, tmp_path: Path) ->
     make_image(37).writeto(target)
     with fits.open(target, memmap=True) as hdus:
         np.testing.assert_array_equal(hdus[0].data, image_array(37))
+
+
+def test_closing_a_duplicate_does_not_commit(mounted: Mount, layout: Layout) -> None:
+    """numpy's tofile (astropy's writeto) writes through a dup it closes: that close is not
+    the last one, so it commits nothing; the last close commits the whole file, once."""
+    target = mounted.path("visitInfo/visitInfo-v0000004.yaml")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"- first\n")  # already valid YAML: only the close may say it is whole
+        os.close(os.dup(fd))
+        with layout.butler() as butler:
+            assert not butler.exists("visitInfo", visit=4)
+        os.write(fd, b"- second\n")
+    finally:
+        os.close(fd)
+    with layout.butler() as butler:
+        refs = butler.versions("visitInfo", visit=4)
+        assert [ref.version for ref in refs] == [1]
+        assert Path(refs[0].path).read_bytes() == b"- first\n- second\n"
+    make_image(44).writeto(mounted.path(exposure_path("calexp", 3, 14)))
+    assert mounted.path(".butler/log").read_text() == ""  # no refusal of a part-written file
