@@ -27,7 +27,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from butler import faults, layout
@@ -88,9 +88,11 @@ def with_reserve(root: Root, step: Callable[[], T]) -> T:
         raise
 
 
-def commit(repo: DataRepository, writer: RegistryWriter, entry: PutEntry | RemovalEntry) -> None:
-    """Commit ``writer`` (holding ``entry``'s rows).  If the disk is full, SQLite may
-    have rolled the transaction back: release the reserve and record the entry again."""
+def commit(
+    repo: DataRepository, writer: RegistryWriter, entries: Sequence[PutEntry | RemovalEntry]
+) -> None:
+    """Commit ``writer`` (holding the rows of ``entries``).  If the disk is full, SQLite
+    may have rolled the transaction back: release the reserve and record them again."""
     try:
         writer.commit()
         return
@@ -99,10 +101,11 @@ def commit(repo: DataRepository, writer: RegistryWriter, entry: PutEntry | Remov
             raise
     repo.root.unlink(layout.RESERVE)
     with repo.registry.writer() as again:
-        if isinstance(entry, RemovalEntry):
-            again.remove(entry)
-        else:
-            again.add(entry)
+        for entry in entries:
+            if isinstance(entry, RemovalEntry):
+                again.remove(entry)
+            else:
+                again.add(entry)
         again.commit()
 
 
@@ -113,16 +116,20 @@ def apply_put(
     *,
     newest: bool,
     journal_bytes: bytes | None = None,
+    live: bool = False,
 ) -> None:
     """Roll ``entry`` forward in ``repo`` and add its rows to ``writer`` (not committed).
 
     ``newest``: no later version of the dataset is recorded, so this one takes the
     template path.  ``journal_bytes``: the journal (for inline payloads), when applying
-    from recovery.
+    from recovery.  ``live``: the put that prepared it, in the same process and the same
+    registry transaction, applies it now (its rows are in ``writer`` already, and its
+    staged files are where it put them: the first attempt of each step needs no look).
     """
     root = repo.root
     for record in entry.files:
-        _place_version(root, entry, record, journal_bytes)
+        if not (live and _link_staged(root, entry, record)):
+            _place_version(root, entry, record, journal_bytes)
         faults.crash_point("linked")
     reused = {record.path for record in entry.files}
     for record in entry.files:
@@ -137,7 +144,21 @@ def apply_put(
     faults.crash_point("renamed")
     if entry.config_staged and root.exists(layout.staged(entry.config_staged)):
         repo.install_config(entry.config_staged)
-    with_reserve(root, lambda: writer.add(entry))
+    if not live:
+        with_reserve(root, lambda: writer.add(entry))
+
+
+def _link_staged(root: Root, entry: PutEntry, record: FileRecord) -> bool:
+    """The live put's first attempt: link the staged file at its version's name.  False
+    if that name exists or the staged file does not (the careful path looks then)."""
+    if not record.staged:
+        return False
+    target = layout.version_file(entry.version, record.path)
+    try:
+        with_reserve(root, lambda: root.link(layout.staged(record.staged), target))
+    except (FileExistsError, FileNotFoundError):
+        return False
+    return True
 
 
 def apply_removal(repo: DataRepository, entry: RemovalEntry, writer: RegistryWriter) -> None:
@@ -195,9 +216,12 @@ def _take_template_path(root: Root, entry: PutEntry, record: FileRecord, staged:
     """Put the version's file at its template path (one rename: readers of the tree see
     the old file or the new one)."""
     target = layout.version_file(entry.version, record.path)
-    if staged and _lstat(root, staged) is not None:
-        with_reserve(root, lambda: root.rename(staged, record.path))
-        return
+    if staged:
+        try:
+            with_reserve(root, lambda: root.rename(staged, record.path))
+            return
+        except FileNotFoundError:
+            pass  # renamed already, or gone: look below
     current = _lstat(root, record.path)
     kept = _lstat(root, target)
     if kept is None or (current is not None and _same(current, kept)):

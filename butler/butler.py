@@ -52,6 +52,14 @@ from butler.template import (
 RESERVED_KEYS = ("repositoryLabel", "version")
 
 
+@dataclasses.dataclass(frozen=True)
+class _PlannedPut:
+    """A put checked and serialized: its outputs, and the arguments of transaction.put."""
+
+    members: list[Member]
+    put: tuple[list[Target], str, DataId, dict[str, Payload], dict[str, object]]
+
+
 def software_version() -> str:
     from butler import __version__
 
@@ -265,6 +273,34 @@ class Butler:
         """
         return self._put(datasetType, dataId, keys, provenance, file=Path(file), only=outputs)
 
+    def ingest_many(
+        self,
+        items: Sequence[tuple[str | os.PathLike[str], str, Mapping[str, object]]],
+        *,
+        provenance: Mapping[str, object] | None = None,
+    ) -> list[list[DatasetRef] | ButlerError]:
+        """Put many files, ``(file, datasetType, dataId)`` each, committed together (one
+        lock round and one registry transaction per output for up to 64 of them).  Each
+        stays all or nothing on its own: the result is its refs, or the error that kept
+        it out (the others are not affected)."""
+        results: list[list[DatasetRef] | ButlerError] = []
+        planned: list[tuple[int, _PlannedPut]] = []
+        for index, (file, dataset_type, data_id) in enumerate(items):
+            try:
+                planned.append(
+                    (index, self._plan(dataset_type, data_id, {}, provenance, file=Path(file)))
+                )
+            except ButlerError as exc:
+                results.append(exc)
+                continue
+            results.append([])
+        outcomes = transaction.put_many([plan.put for _, plan in planned])
+        for (index, plan), outcome in zip(planned, outcomes, strict=True):
+            results[index] = (
+                outcome if isinstance(outcome, ButlerError) else self._refs(plan, outcome)
+            )
+        return results
+
     def _put(
         self,
         dataset_type: str,
@@ -276,6 +312,21 @@ class Butler:
         file: Path | None = None,
         only: Sequence[str] | None = None,
     ) -> list[DatasetRef]:
+        plan = self._plan(dataset_type, data_id, keys, provenance, obj=obj, file=file, only=only)
+        return self._refs(plan, transaction.put(*plan.put))
+
+    def _plan(
+        self,
+        dataset_type: str,
+        data_id: Mapping[str, object] | None,
+        keys: Mapping[str, object],
+        provenance: Mapping[str, object] | None,
+        *,
+        obj: object = None,
+        file: Path | None = None,
+        only: Sequence[str] | None = None,
+    ) -> _PlannedPut:
+        """Everything a put needs before the transaction: checked, routed, serialized."""
         plain, version, label = _split(data_id, keys)
         if version is not None or label is not None:
             raise InvalidDataIdError(
@@ -318,15 +369,13 @@ class Butler:
             )
             for member, stored, files in plans
         ]
-        entries = transaction.put(
-            targets, dataset_type, coerced, payloads, self._provenance(provenance)
-        )
-        for target in targets:
-            if target.definitions:
-                self.resolver.forget_definitions(dataset_type)
-        return [
-            _ref_of(member, entry) for (member, _, _), entry in zip(plans, entries, strict=True)
-        ]
+        put = (targets, dataset_type, coerced, payloads, self._provenance(provenance))
+        return _PlannedPut([member for member, _, _ in plans], put)
+
+    def _refs(self, plan: _PlannedPut, entries: Sequence[PutEntry]) -> list[DatasetRef]:
+        if any(target.definitions for target in plan.put[0]):
+            self.resolver.forget_definitions(plan.put[1])
+        return [_ref_of(member, entry) for member, entry in zip(plan.members, entries, strict=True)]
 
     def remove(
         self,
@@ -456,8 +505,8 @@ def _payloads_from_file(file: Path, storages: set[str]) -> dict[str, Payload]:
     for storage in sorted(storages):
         format_ = formats.get_format(storage)
         if storage == native or (native is None and len(storages) == 1):
+            digest, size = _hash_file(file)  # first: a missing file is one clear error
             format_.check(os.fspath(file))
-            digest, size = _hash_file(file)
             small = size <= INLINE_LIMIT
             data = file.read_bytes() if small else None
             if data is not None and len(data) != size:
@@ -482,7 +531,10 @@ def _hash_file(file: Path) -> tuple[str, int]:
     try:
         fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise FormatError(f"cannot read {file}: {exc.strerror}", errno=exc.errno) from None
+        raise FormatError(
+            f"cannot read {file}: {exc.strerror}; give the path of a readable file",
+            errno=exc.errno,
+        ) from None
     try:
         return hash_fd(fd)
     finally:

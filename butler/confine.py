@@ -133,6 +133,31 @@ class Root:
     def __init__(self, path: str) -> None:
         self.path = path
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._mounts: dict[tuple[int, int], str] = {}
+        self._local = threading.local()
+
+    def mount_of(self, fd: int) -> str:
+        """The mount id of the open directory ``fd`` (``/proc/self/fdinfo``; remembered
+        per directory: a mount under a repository's tree is an admin's rare act), "" if
+        it cannot be told."""
+        found = os.fstat(fd)
+        key = (found.st_dev, found.st_ino)
+        known = self._mounts.get(key)
+        if known is not None:
+            return known
+        mount = ""
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
+                for line in info:
+                    if line.startswith("mnt_id:"):
+                        mount = line.split()[1]
+                        break
+        except OSError:
+            return ""  # no /proc: the rename itself will say
+        if len(self._mounts) > 65_536:
+            self._mounts.clear()
+        self._mounts[key] = mount
+        return mount
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -183,11 +208,35 @@ class Root:
     ) -> Iterator[int]:
         """An fd on the directory ``relative`` ("" for the root), made first if ``create``
         (each directory made is appended to ``made``, parents first)."""
+        kept: dict[str, int] | None = getattr(self._local, "kept", None)
+        if kept is not None:
+            fd = kept.get(relative)
+            if fd is None:
+                fd = kept[relative] = self.open_directory(relative, create, made)
+            yield fd
+            return
         fd = self.open_directory(relative, create, made)
         try:
             yield fd
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def keeping_directories(self) -> Iterator[None]:
+        """While inside, this thread's directory lookups keep their fds and reuse them
+        (a batch of puts, under the repository lock, resolves the same few directories
+        dozens of times); they are closed at the end.  Only this thread sees them."""
+        if getattr(self._local, "kept", None) is not None:
+            yield  # nested: the outer one closes them
+            return
+        kept: dict[str, int] = {}
+        self._local.kept = kept
+        try:
+            yield
+        finally:
+            self._local.kept = None
+            for fd in kept.values():
+                os.close(fd)
 
     def open_directory(
         self, relative: str, create: bool = False, made: list[str] | None = None
@@ -319,6 +368,9 @@ class Root:
         """Remove an empty directory (nothing if it is gone or holds something)."""
         with contextlib.suppress(FileNotFoundError, OSError), self.parent(relative) as (fd, name):
             os.rmdir(name, dir_fd=fd)
+        kept: dict[str, int] | None = getattr(self._local, "kept", None)
+        if kept is not None and relative in kept:  # its fd names a directory now gone
+            os.close(kept.pop(relative))
 
     def unlink(self, relative: str, missing_ok: bool = True) -> None:
         try:

@@ -35,7 +35,7 @@ from butler.apply import ensure_reserve
 from butler.confine import write_denied
 from butler.durable import COPY_CHUNK, write_all, write_new
 from butler.errors import DatasetExistsError, RegistryDamagedError, TransactionError
-from butler.journal import FileRecord, PutEntry, RemovalEntry
+from butler.journal import Entry, FileRecord, PutEntry, RemovalEntry
 from butler.policy import DatasetTypeDef
 from butler.recovery import recover_locked
 from butler.registry import RegistryWriter, canonical_data_id
@@ -161,19 +161,45 @@ def entry_for(
     return PutEntry(txid, dataset_type, dict(data_id), 0, 0.0, files, (), dict(provenance))
 
 
+@dataclass
+class Locked:
+    """One output, locked for a batch of puts: what every put's prepare there shares."""
+
+    repo: DataRepository
+    writer: RegistryWriter
+    left: Sequence[Entry]  # journals recovery left (a participant unreachable)
+    mount: str  # the staging directory's mount id
+    #: Directories proven writable in this batch (the lock is held: they stay so).
+    proven: set[str] = field(default_factory=set)
+
+    def probe(self, directory: str, made: list[str]) -> None:
+        """``probe_directory``, once per batch for a directory that was there already (one
+        this put makes may be removed again if the put is undone)."""
+        if directory not in self.proven:
+            before = len(made)
+            probe_directory(self.repo, directory, made, self.mount)
+            if len(made) == before:
+                self.proven.add(directory)
+
+    @classmethod
+    def open(cls, stack: contextlib.ExitStack, repo: DataRepository) -> Locked:
+        """After taking the lock: recover, check, open the write transaction."""
+        repo.check_registry()  # a lost registry is rebuilt by reindex, never started afresh
+        _, pending = recover_locked(repo)
+        ensure_reserve(repo.root)
+        writer = stack.enter_context(repo.registry.writer())
+        return cls(repo, writer, [p.entry for p in pending], staging_mount(repo))
+
+
 def prepare_put(
-    stack: contextlib.ExitStack,
+    locked: Locked,
     target: Target,
     entry: PutEntry,
     payloads: Mapping[str, Payload],
 ) -> Prepared:
     """Everything before the commit point in one output (its lock held): afterwards only
     a crash or a lost disk can stop the put from applying here."""
-    repo = target.repo
-    repo.check_registry()  # a lost registry is rebuilt by reindex, never started afresh
-    _, left = recover_locked(repo)
-    ensure_reserve(repo.root)
-    writer = stack.enter_context(repo.registry.writer())
+    repo, writer = locked.repo, locked.writer
     key = canonical_data_id(entry.data_id)
     current = writer.current(entry.dataset_type, key)
     if current and target.on_exists == "error":
@@ -182,14 +208,13 @@ def prepare_put(
             "policy says on_exists: error; remove it first or set on_exists: version"
         )
     taken = [
-        p.entry.version
-        for p in left
-        if p.entry.dataset_type == entry.dataset_type and p.entry.data_id == entry.data_id
+        pending.version
+        for pending in locked.left
+        if pending.dataset_type == entry.dataset_type and pending.data_id == entry.data_id
     ]
     version = max([writer.max_version(entry.dataset_type, key), *taken]) + 1
     made: list[str] = []
     config_staged = ""
-    mount = staging_mount(repo)
     # No other dataset type of this output may own these paths (templates that collide).
     repo.policy.check_path_owner(entry.dataset_type, [record.path for record in entry.files])
     try:
@@ -204,8 +229,8 @@ def prepare_put(
                     errno=errno.EEXIST,
                 )
             check_replaceable(repo, record.path)
-            probe_directory(repo, record.path.rpartition("/")[0], made, mount)
-            probe_directory(repo, kept.rpartition("/")[0], made, mount)
+            locked.probe(record.path.rpartition("/")[0], made)
+            locked.probe(kept.rpartition("/")[0], made)
         paths = {record.path for record in entry.files}
         stale = tuple(sorted({row.path for row in current} - paths))
         for path in stale:
@@ -216,7 +241,7 @@ def prepare_put(
                 config_staged = layout.staged_name(entry.txid, repo.locks.owner(), len(entry.files))
                 repo.stage_config(config, config_staged)
         entry = replace(entry, version=version, stale_paths=stale, config_staged=config_staged)
-        writer.add(entry)  # proves the rows fit (a writable registry, a page on the disk)
+        writer.add(entry, fresh=True)  # proves the rows fit (a writable registry, a page)
     except BaseException:
         if config_staged:
             repo.root.unlink(layout.staged(config_staged))
@@ -230,14 +255,13 @@ def prepare_put(
     return Prepared(repo, entry, writer, inline, made)  # type: ignore[arg-type]
 
 
-def prepare_removal(repo: DataRepository, writer: RegistryWriter, entry: RemovalEntry) -> Prepared:
+def prepare_removal(locked: Locked, entry: RemovalEntry) -> Prepared:
     """Prepare (the output locked) taking ``entry``'s files off their template paths."""
     for path in entry.paths:
-        check_replaceable(repo, path)
-        probe_directory(repo, path.rpartition("/")[0], mount=staging_mount(repo))
-    ensure_reserve(repo.root)
-    writer.remove(entry)  # proves the registry can record it
-    return Prepared(repo, entry, writer)
+        check_replaceable(locked.repo, path)
+        probe_directory(locked.repo, path.rpartition("/")[0], mount=locked.mount)
+    locked.writer.remove(entry)  # proves the registry can record it
+    return Prepared(locked.repo, entry, locked.writer)
 
 
 def check_replaceable(repo: DataRepository, path: str) -> None:
@@ -271,7 +295,7 @@ def probe_directory(
     the reserve's."""
     with repo.root.directory(directory, create=True, made=made) as fd:
         number = write_denied(fd)
-        if number == 0 and mount and _mount_of(fd) != mount:
+        if number == 0 and mount and repo.root.mount_of(fd) != mount:
             number = errno.EXDEV
         if number:
             why = (
@@ -285,19 +309,7 @@ def probe_directory(
 def staging_mount(repo: DataRepository) -> str:
     """The mount id of the repository's staging directory (where renames start from)."""
     with repo.root.directory(layout.STAGING) as fd:
-        return _mount_of(fd)
-
-
-def _mount_of(fd: int) -> str:
-    """The mount id of an open file (``/proc/self/fdinfo``): equal ids, same mount."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-            for line in info:
-                if line.startswith("mnt_id:"):
-                    return line.split()[1]
-    except OSError:
-        pass
-    return ""  # no /proc: the rename itself will say
+        return repo.root.mount_of(fd)
 
 
 def discard(

@@ -145,7 +145,8 @@ def recover_locked(repo: DataRepository) -> tuple[list[Action], list[Pending]]:
     pending: list[Pending] = []
     settlement = repo.settlement
     applied: dict[str, Entry] = {}
-    for name in sorted(repo.root.listdir(layout.JOURNAL)):
+    mine = settlement.names()
+    for name in sorted(set(repo.root.listdir(layout.JOURNAL)) - mine):
         txid = layout.txid_of(name)
         if txid is None or settlement.is_mine(txid):
             continue  # not a journal, or applied by this process: settled with its batch
@@ -197,7 +198,7 @@ def roll_forward(repo: DataRepository, entry: Entry, data: bytes) -> None:
         else:
             newest = writer.max_version(entry.dataset_type, canonical_data_id(entry.data_id))
             apply_put(repo, entry, writer, newest=newest < entry.version, journal_bytes=data)
-        commit(repo, writer, entry)
+        commit(repo, writer, [entry])
 
 
 def roll_back(repo: DataRepository, entry: Entry) -> None:

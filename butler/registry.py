@@ -121,9 +121,10 @@ class RegistryWriter(Protocol):
     def max_version(self, dataset_type: str, data_id: str) -> int: ...
     def current(self, dataset_type: str, data_id: str) -> list[Row]: ...
     def has_transaction(self, txid: str) -> bool: ...
-    def add(self, entry: PutEntry) -> None: ...
+    def add(self, entry: PutEntry, fresh: bool = False) -> None: ...
     def remove(self, entry: RemovalEntry) -> None: ...
     def clear(self) -> None: ...
+    def savepoint(self) -> contextlib.AbstractContextManager[None]: ...
     def commit(self) -> None: ...
 
 
@@ -210,6 +211,7 @@ class SQLiteRegistry:
         self._local = threading.local()
         self._write_connection: sqlite3.Connection | None = None
         self._write_pid = 0
+        self._dirs: set[str] = set()  # directories known to be recorded (see _SQLiteWriter)
         if create:
             self._create()
         self._connect()
@@ -468,7 +470,7 @@ class SQLiteRegistry:
             connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise registry_error(exc, self.path, "start a write") from exc
-        transaction = _SQLiteWriter(connection, self.path)
+        transaction = _SQLiteWriter(connection, self.path, self._dirs)
         try:
             yield transaction
         finally:
@@ -501,9 +503,14 @@ _HAS_TXID = (
 
 
 class _SQLiteWriter:
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: Path, dirs: set[str]) -> None:
         self._connection = connection
         self._path = path
+        self._savepoints = 0
+        #: Directories known to be in the ``dirs`` table (committed ones: the registry's),
+        #: and those this transaction added (known once it commits).
+        self._dirs = dirs
+        self._new_dirs: list[str] = []
         self.done = False
 
     def _run(self, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
@@ -521,9 +528,10 @@ class _SQLiteWriter:
     def has_transaction(self, txid: str) -> bool:
         return self._run(_HAS_TXID, (txid, txid)).fetchone() is not None
 
-    def add(self, entry: PutEntry) -> None:
-        """Record one committed version; a no-op if its txid is already recorded."""
-        if self.has_transaction(entry.txid):
+    def add(self, entry: PutEntry, fresh: bool = False) -> None:
+        """Record one committed version; a no-op if its txid is already recorded (unless
+        ``fresh``: the caller made the txid just now, so nothing can have recorded it)."""
+        if not fresh and self.has_transaction(entry.txid):
             return
         data_id = canonical_data_id(entry.data_id)
         self._run(
@@ -564,13 +572,19 @@ class _SQLiteWriter:
                     record.sha256,
                 ),
             )
-            while directory:
+            while directory and directory not in self._dirs:
                 parent, leaf = posixpath.split(directory)
                 self._run("INSERT OR IGNORE INTO dirs VALUES (?, ?)", (parent, leaf))
+                self._new_dirs.append(directory)
                 directory = parent
             self._run("INSERT INTO changes (path) VALUES (?)", (record.path,))
-        for key, value in entry.data_id.items():
-            self._run("INSERT OR IGNORE INTO keys VALUES (?, ?, ?)", (key, value, dataset))
+        try:
+            self._connection.executemany(
+                "INSERT OR IGNORE INTO keys VALUES (?, ?, ?)",
+                [(key, value, dataset) for key, value in entry.data_id.items()],
+            )
+        except sqlite3.Error as exc:
+            raise registry_error(exc, self._path, "record the change") from exc
 
     def remove(self, entry: RemovalEntry) -> None:
         """Hide version ``entry.version`` (the current one) from reads; it stays readable by
@@ -593,9 +607,25 @@ class _SQLiteWriter:
     def clear(self) -> None:
         """Drop every dataset row (a rebuild within this transaction); the change log
         keeps growing, so watchers see every path of the rebuild as changed."""
+        self._dirs.clear()
         self._run("INSERT INTO changes (path) SELECT DISTINCT path FROM files")
         for table in ("datasets", "files", "keys", "dirs", "removals"):
             self._run(f"DELETE FROM {table}")  # fixed names, never user input
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """What is recorded inside is undone if it raises (one put of a group commit)."""
+        self._savepoints += 1
+        name = f"put{self._savepoints}"
+        self._run(f"SAVEPOINT {name}")  # a fixed name, never user input
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(RepositoryError):
+                self._run(f"ROLLBACK TO {name}")
+                self._run(f"RELEASE {name}")
+            raise
+        self._run(f"RELEASE {name}")
 
     def commit(self) -> None:
         try:
@@ -603,6 +633,9 @@ class _SQLiteWriter:
         except sqlite3.Error as exc:
             raise registry_error(exc, self._path, "commit") from exc
         self.done = True
+        if len(self._dirs) > 100_000:
+            self._dirs.clear()
+        self._dirs.update(self._new_dirs)
 
 
 def _row(values: tuple[object, ...]) -> Row:

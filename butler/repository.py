@@ -18,9 +18,11 @@ import contextlib
 import errno
 import os
 import stat
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from butler import layout, yamlio
 from butler.config import FORMAT_VERSION, check_label, load_repository_config
@@ -34,6 +36,7 @@ from butler.errors import (
     UnsafePathError,
     os_error_text,
 )
+from butler.group import GroupCommit
 from butler.journal import new_txid
 from butler.locks import FileLocks
 from butler.policy import DatasetTypeDef, Policy
@@ -69,6 +72,9 @@ class DataRepository:
         self.settlement = Settlement(self.root, lambda: self.registry)
         #: What recovery could not do here (shown by the mount's status, and verify).
         self.problems: list[str] = []
+        #: Group commits of puts whose outputs start with this one (butler.group).
+        self.groups: dict[tuple[str, ...], GroupCommit[Any]] = {}
+        self.groups_lock = threading.Lock()
         _settle_at_exit(self)
 
     # -- configuration -----------------------------------------------------------

@@ -77,6 +77,11 @@ class Settlement:
                 self._since = time.monotonic()
             self._waiting[entry.txid] = flushes_of(entry)
 
+    def names(self) -> set[str]:
+        """The journal file names of the entries waiting here."""
+        with self._lock:
+            return {f"{txid}.json" for txid in self._waiting}
+
     def is_mine(self, txid: str) -> bool:
         with self._lock:
             return txid in self._waiting

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 # -- put -------------------------------------------------------------------------------------
 
 
+#: Files one ``butler put`` commits together (a group commit's batch).
+_CHUNK = 64
+
+
 def put_arguments(parser: argparse.ArgumentParser) -> None:
     add_source(parser)
     parser.add_argument("dataset_type", metavar="DATASETTYPE")
@@ -60,20 +64,28 @@ def run_put(args: argparse.Namespace) -> int:
     with open_butler(args) as butler:
         jobs = _put_jobs(butler, args.source, args.dataset_type, files, pairs)
         with ProgressBar("put") as bar:
-            for done, (file, data_id) in enumerate(jobs, 1):
-                try:
-                    made = butler.ingest(file, args.dataset_type, data_id)
-                except Exception as exc:
-                    if done == 1:
-                        raise
+            if len(jobs) == 1:
+                file, data_id = jobs[0]
+                refs.extend(butler.ingest(file, args.dataset_type, data_id))
+            else:
+                # Committed together (butler.group): one lock round per chunk of files.
+                failed: list[tuple[str, Exception]] = []
+                for start in range(0, len(jobs), _CHUNK):
+                    chunk = jobs[start : start + _CHUNK]
+                    items = [(file, args.dataset_type, data_id) for file, data_id in chunk]
+                    for (file, _), result in zip(chunk, butler.ingest_many(items), strict=True):
+                        if isinstance(result, Exception):
+                            failed.append((file, result))
+                        else:
+                            refs.extend(result)
+                    bar(min(start + _CHUNK, len(jobs)), len(jobs))
+                if failed:
+                    file, exc = failed[0]
                     raise CommandError(
                         f"{file}: {describe_error(exc, 'put', args.source)} "
-                        f"({done - 1} of {plural(len(jobs), 'file')} were put before it; "
-                        "the others were not)"
+                        f"({plural(len(failed), 'file')} of {len(jobs)} not put, each all or "
+                        f"nothing; the other {len(jobs) - len(failed)} were put)"
                     ) from exc
-                refs.extend(made)
-                if len(jobs) > 1:
-                    bar(done, len(jobs))
     if args.json:
         print_json([ref_dict(ref) for ref in refs])
     else:

@@ -68,8 +68,16 @@ def files(repo: Path) -> dict[str, str]:
 
 
 def rows(repo: Path) -> list[tuple[str, str, int, bool]]:
-    registry = DataRepository(repo).registry
-    return sorted((r.dataset_type, r.data_id, r.version, r.current) for r in registry.all_files())
+    # Closed at once: SQLite shares a process's descriptors between its connections to
+    # one file, so one left open would let a later put write through a file made
+    # immutable since (the kernel checks that at open, not at write).
+    opened = DataRepository(repo)
+    try:
+        return sorted(
+            (r.dataset_type, r.data_id, r.version, r.current) for r in opened.registry.all_files()
+        )
+    finally:
+        opened.close()
 
 
 def state(repo: Path) -> tuple[dict[str, str], list[tuple[str, str, int, bool]]]:

@@ -31,6 +31,7 @@ ORDER = [
     "repository",
     "settle",
     "locks",
+    "group",
     "registry",
     "journal",
     "durable",

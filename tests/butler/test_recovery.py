@@ -65,7 +65,8 @@ def journal_of(repo: Path) -> tuple[DataRepository, object]:
         ("journal#1", Decision.ABORT),  # A holds its journal, B never got one
         ("prepared", Decision.COMMIT),  # both hold their journals: committed
         ("renamed#1", Decision.COMMIT),  # applying had begun in A
-        ("applied#1", Decision.SETTLE),  # A's registry has it: only settling is left
+        ("applied#2", Decision.COMMIT),  # files in place, the registry not yet committed
+        ("settled#1", Decision.SETTLE),  # A's registry has it: only settling is left
     ],
 )
 def test_the_decision_for_each_state(make_repo: MakeRepo, step: str, expected: Decision) -> None:

@@ -6,6 +6,7 @@ named step; the next open must leave both outputs with the dataset or neither.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from butler import Butler, DataRepository
+from butler import Butler, ButlerError, DataRepository
 
 POLICY = {
     "genres": {
@@ -211,3 +212,41 @@ def test_a_new_dataset_type_is_recorded_with_the_put(tmp_path: Path, step: str) 
 
 def _types(repo: Path) -> set[str]:
     return set(DataRepository(repo).policy.dataset_types)
+
+
+def test_a_group_commit_keeps_each_put_all_or_nothing(tmp_path: Path) -> None:
+    """Puts committed together (one lock round, one registry transaction per output): one
+    that fails in prepare is undone alone, the others land, versions stay in order."""
+    first, second = make_outputs(tmp_path)
+    source = tmp_path / "files"
+    source.mkdir()
+    items = []
+    for visit in (1, 2, 7, 7, 3):  # info visit=7 exists already (version 1 from make_outputs)
+        path = source / f"{visit}-{len(items)}.yaml"
+        path.write_text(f"value: v{visit}-{len(items)}\n")
+        items.append((path, "info", {"visit": visit}))
+    items.append((source / "missing.yaml", "info", {"visit": 4}))  # fails before staging
+    butler = Butler(outputs=[first, second])
+    results = butler.ingest_many(items)
+    assert [type(r).__name__ for r in results[:5]] == ["list"] * 5
+    assert isinstance(results[5], ButlerError)
+    versions = [[ref.version for ref in refs] for refs in results[:5]]  # type: ignore[union-attr]
+    assert versions == [[1, 1], [1, 1], [2, 2], [3, 3], [1, 1]]  # in the order given
+    butler.close()
+    # Now one of a batch is refused (a directory where its file must go): only it fails.
+    (first / "info" / "info-v0000005.yaml").mkdir()
+    more = [
+        (source / "1-0.yaml", "info", {"visit": 5}),
+        (source / "2-1.yaml", "info", {"visit": 6}),
+    ]
+    with Butler(outputs=[first, second]) as butler:
+        refused, landed = butler.ingest_many(more)
+    assert isinstance(refused, ButlerError) and refused.errno == errno.EISDIR
+    assert [ref.version for ref in landed] == [1, 1]  # type: ignore[union-attr]
+    for repo in (first, second):
+        alone = Butler(repo)
+        assert not alone.exists("info", visit=5)
+        assert alone.get("info", visit=6) == {"value": "v2-1"}
+        assert [ref.version for ref in alone.versions("info", visit=7)] == [1, 2, 3]
+        assert leftovers(repo) == []
+        alone.close()
