@@ -238,6 +238,106 @@ def bench_put_small(root: Path, reps: Reps) -> list[Row]:
     return rows
 
 
+@dataclass(frozen=True)
+class Throughput:
+    single: float  # puts/s, one writer
+    threads: float  # puts/s, 8 threads through one Butler
+    processes: float  # puts/s, 8 processes
+    batch: float  # puts/s, Butler.ingest_many of files
+
+
+WRITERS = 8
+_PROCESS_WRITER = """
+import sys, time
+from butler import Butler
+a, b, start, count, go = sys.argv[1:6]
+butler = Butler(outputs=[a, b])
+obj = {"k": "v" * 900}
+while not __import__("os").path.exists(go):
+    time.sleep(0.001)
+for n in range(int(start), int(start) + int(count)):
+    butler.put(obj, "meta", visit=n // 100, ccd=n % 100)
+butler.close()
+"""
+
+
+def bench_throughput(root: Path, reps: Reps) -> Throughput:
+    """Puts per second to 2 outputs: one writer, 8 threads, 8 processes, a batch of files."""
+    import subprocess
+    import threading
+
+    log("throughput: 1 writer, 8 threads, 8 processes, ingest_many")
+    obj = small_object()
+    per = reps.put_small  # puts per writer
+    numbers = itertools.count(10_000_000)
+
+    def outputs(name: str) -> list[str]:
+        return [str(new_repository(root / name / each)) for each in ("A", "B")]
+
+    def timed(run: Callable[[], None], count: int) -> float:
+        start = time.perf_counter()
+        run()
+        return count / (time.perf_counter() - start)
+
+    single_outputs = outputs("tp-single")
+    with Butler(outputs=single_outputs) as butler:
+        butler.put(obj, "meta", visit=0, ccd=0)
+
+        def single() -> None:
+            for _ in range(per * 2):
+                n = next(numbers)
+                butler.put(obj, "meta", visit=n // 100, ccd=n % 100)
+
+        single_rate = timed(single, per * 2)
+    with Butler(outputs=outputs("tp-threads")) as butler:
+        butler.put(obj, "meta", visit=0, ccd=0)
+
+        def work() -> None:
+            for _ in range(per):
+                n = next(numbers)
+                butler.put(obj, "meta", visit=n // 100, ccd=n % 100)
+
+        def threads() -> None:
+            pool = [threading.Thread(target=work) for _ in range(WRITERS)]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+
+        thread_rate = timed(threads, per * WRITERS)
+    a, b = outputs("tp-processes")
+    go = root / "tp-go"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS_WRITER, a, b, str(1000 * (w + 1)), str(per), str(go)]
+        )
+        for w in range(WRITERS)
+    ]
+    time.sleep(1.5)  # let every child import and open: the timing starts at "go"
+    start = time.perf_counter()
+    go.touch()
+    if any(child.wait() for child in children):
+        raise RuntimeError("a writer process failed")
+    process_rate = per * WRITERS / (time.perf_counter() - start)
+    files = root / "tp-files"
+    files.mkdir()
+    data = get_format("yaml").serialize(obj)
+    items = []
+    for n in range(per * 4):
+        path = files / f"{n}.yaml"
+        path.write_bytes(data)
+        items.append((path, "meta", {"visit": n // 100, "ccd": n % 100}))
+    with Butler(outputs=outputs("tp-batch")) as butler:
+        batch_rate = timed(lambda: _check(butler.ingest_many(items)), len(items))
+    return Throughput(single_rate, thread_rate, process_rate, batch_rate)
+
+
+def _check(results: list[object]) -> None:
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        raise RuntimeError(f"{len(failed)} puts failed: {failed[0]}")
+
+
 def bench_put_large(root: Path, reps: Reps, image: np.ndarray) -> list[Row]:
     log(f"large puts ({reps.put_large} each, 64 MiB)")
     data = get_format("fits").serialize(image)
@@ -478,7 +578,7 @@ def verdict(ok: bool | None) -> str:
 
 
 def targets(
-    rows: dict[str, Row], import_cost: float, points: list[ScalePoint]
+    rows: dict[str, Row], import_cost: float, points: list[ScalePoint], rates: Throughput
 ) -> list[tuple[str, str, str, str]]:
     put2 = rows["put 1 KiB YAML, 2 outputs"].stats
     # Judged on the worse of median and mean: puts settle in batches (butler/transaction.py),
@@ -530,6 +630,15 @@ def targets(
         )
     else:
         result.append(("no growth with repository size", "-", "one size only", verdict(None)))
+    for how, rate in (("threads", rates.threads), ("processes", rates.processes)):
+        result.append(
+            (
+                f"group commit: {WRITERS} writers ({how}) ≥ 3× one writer's puts/s",
+                "-",
+                f"{rate:.0f}/s = {rate / rates.single:.2f}× of {rates.single:.0f}/s",
+                verdict(rate >= 3 * rates.single),
+            )
+        )
     result.append(
         (
             "import butler ≤ 0.25 s",
@@ -581,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         image = np.random.default_rng(0).standard_normal(IMAGE_SHAPE, dtype=np.float32)
         rows = [import_row]
         rows += bench_put_small(root, reps)
+        rates = bench_throughput(root, reps)
         rows += bench_put_large(root, reps, image)
         rows += bench_get(root, reps, image)
         scale_rows, points = bench_scale(root, reps, args.sizes)
@@ -618,12 +728,33 @@ def main(argv: list[str] | None = None) -> int:
     header = ["registered", "query → 100", "get full ID", "get partial ID", "put 1 output"]
     print(simple_table(header, summary, markdown=md))
     print()
+    print("Throughput to 2 outputs (1 KiB YAML puts; puts/s, higher is better):")
+    throughput = [
+        ["1 writer", f"{rates.single:.0f}", "1.00×"],
+        [
+            f"{WRITERS} threads, one Butler",
+            f"{rates.threads:.0f}",
+            fmt_ratio(rates.threads / rates.single),
+        ],
+        [
+            f"{WRITERS} processes",
+            f"{rates.processes:.0f}",
+            fmt_ratio(rates.processes / rates.single),
+        ],
+        [
+            "Butler.ingest_many (one thread)",
+            f"{rates.batch:.0f}",
+            fmt_ratio(rates.batch / rates.single),
+        ],
+    ]
+    print(simple_table(["writers", "puts/s", "vs 1 writer"], throughput, markdown=md))
+    print()
     print(f"Targets (reference: {REFERENCE}):")
     header = ["target", "lsst-daf-butler", "measured", "verdict"]
     print(
         simple_table(
             header,
-            [list(t) for t in targets({r.name: r for r in rows}, import_cost, points)],
+            [list(t) for t in targets({r.name: r for r in rows}, import_cost, points, rates)],
             markdown=md,
         )
     )

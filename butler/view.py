@@ -222,7 +222,6 @@ class View:
         self._by_depth = by_depth
         self._view_template = {name: d.primary.template.text for name, d in types.items()}
         self._stored: dict[tuple[str, str, int], str | None] = {}
-        self._by_label = {m.label: m for m in reversed(self._members)}  # the first wins
         self.revision += 1  # last: what was listed with the old index has the old number
 
     @property
@@ -580,8 +579,9 @@ class View:
         """A descriptor on exactly version ``ref``'s bytes, whatever is put meanwhile: its
         own name in its repository, opened without following any link.  With ``cached``,
         None if that would wait for the disk (the caller opens it in a worker thread)."""
-        member = self._by_label.get(ref.repository)
-        if member is None or not member.exists:
+        # (Looked up each time: an output created since the view was built is there too.)
+        member = next((m for m in self._members if m.label == ref.repository), None)
+        if member is None:
             raise _missing(ref.relative_path)
         current = ref.path == str(member.path / ref.relative_path)  # shown at its template path
         return member.repo.open_version(

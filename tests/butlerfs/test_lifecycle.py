@@ -187,6 +187,8 @@ def test_inputs_and_outputs_on_the_command_line(
     mount.path(target).parent.mkdir(parents=True)
     make_image(41).writeto(mount.path(target))
     assert (fresh / target).is_file()
+    # Read back through the mount: the output the mount created is one it reads from.
+    assert mount.path(target).read_bytes() == (fresh / target).read_bytes()
     # A new dataset type, written by path (-o autodefine): defined from the one genre whose
     # template fits.
     coadd = exposure_path("deepCoadd", 4, 1)

@@ -309,3 +309,54 @@ def test_a_shared_input_being_written_can_still_be_read(world: World) -> None:
                 assert world.owner.attempt("read", mountpoint / RAW) == sha256(busy / "raw" / RAW)
         finally:
             writer.stdin.close()
+
+
+# -- a link planted by another user (issue 8, item 1) --------------------------------------
+
+
+def test_a_link_planted_in_a_users_own_input_never_reads_anothers_file(
+    world: World, user_allow_other: None
+) -> None:
+    """The other user owns an input of the owner's view and plants a link where a
+    dataset's version should be, pointing at a 0600 file of the owner's.  The owner's
+    daemon can read that file; it must never do so on the other user's behalf (nor on
+    the owner's): the link is refused, and the secret never comes out."""
+    from butler import Butler, DataRepository
+
+    theirs = world.base / "theirs"
+    DataRepository.create(theirs, label="theirs", policy=_policy_of(world.shared / "raw")).close()
+    with Butler(theirs) as butler:
+        butler.ingest(world.shared / "raw" / RAW, "raw", visit=7, ccd=0)
+    for path in [theirs, *theirs.rglob("*")]:
+        os.lchown(path, world.other.uid, world.other.gid)
+    secret = world.base / "owner" / "secret.fits"
+    secret.write_bytes(b"SIMPLE  = the owner's secret")
+    os.chown(secret, world.owner.uid, world.owner.gid)
+    secret.chmod(0o600)
+    planted = theirs / ".butler" / "versions" / "v1" / "raw" / "v0000007" / "raw-v0000007-c000.fits"
+    # As the other user, in their own repository: replace the version's file by a link.
+    done = world.other.run("/bin/sh", "-c", f"rm -f {planted} && ln -s {secret} {planted}")
+    assert done.returncode == 0, done.stderr
+    view = world.base / "views" / "with-theirs.yaml"
+    view.write_text(
+        "butler: 1\n"
+        f"inputs: [{{path: {theirs}, label: theirs}}, {{path: {world.shared}/raw, label: raw}}]\n"
+    )
+    view.chmod(0o644)
+    mountpoint = world.new_mountpoint("mnt-planted")
+    options = ("allow_other", f"allow_users={world.other.name}")
+    with mounted_as(world.owner, view, mountpoint, *options):
+        path = mountpoint / "raw" / "v0000007" / "raw-v0000007-c000.fits"
+        for user in (world.other, world.owner):
+            answer = user.attempt("read", path)
+            assert answer in ("ELOOP", "EIO", "EACCES", "ENOENT"), f"{user.name} read {answer}"
+            assert answer != hashlib.sha256(secret.read_bytes()).hexdigest()
+        log = (mountpoint / ".butler" / "log").read_text()
+        assert "link" in log, log
+
+
+def _policy_of(repo: Path) -> dict[str, object]:
+    from butler import DataRepository
+
+    policy = DataRepository(repo).policy.raw
+    return dict(policy)
