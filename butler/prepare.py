@@ -185,7 +185,7 @@ class Locked:
     def open(cls, stack: contextlib.ExitStack, repo: DataRepository) -> Locked:
         """After taking the lock: recover, check, open the write transaction."""
         repo.check_registry()  # a lost registry is rebuilt by reindex, never started afresh
-        _, pending = recover_locked(repo)
+        _, pending = recover_locked(repo, settle_applied=False)
         ensure_reserve(repo.root)
         writer = stack.enter_context(repo.registry.writer())
         return cls(repo, writer, [p.entry for p in pending], staging_mount(repo))

@@ -94,15 +94,22 @@ def participant_state(participant: str, txid: str) -> str | None:
     internal = Path(participant) / layout.INTERNAL
     if not internal.is_dir():
         return None
-    if (Path(participant) / layout.record(txid)).is_file():
-        return "applied"  # (a torn record is still one: the put was applied there)
+    # The journal first, then the record: settling renames one into the other (whole,
+    # payload and all: it is cut from the record only after), so a journal gone before
+    # we look is a record by the time we look for that.
     try:
         decode((Path(participant) / layout.journal(txid)).read_bytes())
-    except (FileNotFoundError, TornEntryError):
-        return "absent"
+    except FileNotFoundError:
+        pass
+    except TornEntryError:
+        return "absent"  # cut short while being written: never prepared (as it decides)
     except OSError:
         return None
-    return "prepared"
+    else:
+        return "prepared"
+    if (Path(participant) / layout.record(txid)).is_file():
+        return "applied"  # (a torn record is still one: the put was applied there)
+    return "absent"
 
 
 def decide(repo: DataRepository, entry: Entry) -> Decision:
@@ -138,15 +145,25 @@ def recover(repo: DataRepository) -> list[Action]:
     return actions
 
 
-def recover_locked(repo: DataRepository) -> tuple[list[Action], list[Pending]]:
+def recover_locked(
+    repo: DataRepository, *, settle_applied: bool = True
+) -> tuple[list[Action], list[Pending]]:
     """:func:`recover` for the journals, the caller holding the lock.  Returns the
-    actions and the journals left in place (their versions are taken)."""
+    actions and the journals left in place (their versions are taken).
+
+    Without ``settle_applied`` (a put, before assigning its version), applied journals
+    are left to their writers' batches (or the next open) and remembered, so that the
+    next put does not read them again: settling other processes' puts at every put
+    would cost every writer every other writer's flushes.  Dead writers' unapplied
+    journals are always finished: they decide the next version.
+    """
     actions: list[Action] = []
     pending: list[Pending] = []
     settlement = repo.settlement
     applied: dict[str, Entry] = {}
-    mine = settlement.names()
-    for name in sorted(set(repo.root.listdir(layout.JOURNAL)) - mine):
+    names = set(repo.root.listdir(layout.JOURNAL))
+    skip = settlement.names() | settlement.seen_applied(names)
+    for name in sorted(names - skip):
         txid = layout.txid_of(name)
         if txid is None or settlement.is_mine(txid):
             continue  # not a journal, or applied by this process: settled with its batch
@@ -164,7 +181,10 @@ def recover_locked(repo: DataRepository) -> tuple[list[Action], list[Pending]]:
         try:
             decision = decide(repo, entry)
             if decision is Decision.SETTLE:
-                applied[txid] = entry
+                if settle_applied:
+                    applied[txid] = entry
+                else:
+                    settlement.saw_applied(name)
                 continue
             if decision is Decision.COMMIT:
                 roll_forward(repo, entry, data)

@@ -306,7 +306,7 @@ class DataRepository:
         return self.root.open(path)
 
     def close(self) -> None:
-        self.settlement.settle_all(self.locks)
+        self.settlement.settle_all()
         if self._registry is not None:
             self._registry.close()
         self.locks.release()
@@ -334,7 +334,7 @@ def _settle_open_repositories() -> None:
     wait for the next open's recovery)."""
     for repo in list(_open_repositories):
         with contextlib.suppress(Exception):
-            repo.settlement.settle_all(repo.locks)
+            repo.settlement.settle_all()
 
 
 def is_repository(path: str | os.PathLike[str]) -> bool:

@@ -28,7 +28,6 @@ from butler import faults, layout
 from butler.confine import Root
 from butler.durable import fsync_directory, fsync_file
 from butler.journal import PutEntry, RemovalEntry
-from butler.locks import FileLocks
 from butler.registry import Registry
 
 BATCH = 32  # applied puts waiting per repository, at most
@@ -68,6 +67,7 @@ class Settlement:
         self._root = root
         self._registry = registry
         self._waiting: dict[str, Flushes] = {}
+        self._applied: set[str] = set()  # others' journals seen applied (not settled here)
         self._since = 0.0
         self._lock = threading.Lock()
 
@@ -76,6 +76,16 @@ class Settlement:
             if not self._waiting:
                 self._since = time.monotonic()
             self._waiting[entry.txid] = flushes_of(entry)
+
+    def seen_applied(self, present: set[str]) -> set[str]:
+        """Journals (of other processes) seen applied, still present; forget the rest."""
+        with self._lock:
+            self._applied &= present
+            return set(self._applied)
+
+    def saw_applied(self, name: str) -> None:
+        with self._lock:
+            self._applied.add(name)
 
     def names(self) -> set[str]:
         """The journal file names of the entries waiting here."""
@@ -93,21 +103,22 @@ class Settlement:
             )
 
     def settle(self) -> None:
-        """Settle everything waiting; the caller holds the repository lock."""
+        """Settle everything waiting.  No lock is needed: it only flushes what applying
+        wrote and renames journals into records, and recovery elsewhere, or a second
+        settle of the same journal, sees each journal whole, as a journal or a record."""
         with self._lock:
             waiting, self._waiting = self._waiting, {}
         if waiting:
             settle(self._root, self._registry(), waiting)
 
-    def settle_all(self, locks: FileLocks) -> None:
-        """Settle everything waiting, taking the repository lock (close, exit)."""
+    def settle_all(self) -> None:
+        """Settle everything waiting (close, exit)."""
         with self._lock:
             if not self._waiting:
                 return
         if not os.path.isdir(self._root.absolute(layout.JOURNAL)):
             return  # moved or deleted meanwhile: the next open settles it where it is
-        with locks.repository():
-            self.settle()
+        self.settle()
 
 
 def settle(root: Root, registry: Registry, entries: Mapping[str, Flushes]) -> None:
@@ -129,20 +140,24 @@ def settle(root: Root, registry: Registry, entries: Mapping[str, Flushes]) -> No
 
 
 def to_record(root: Root, txid: str) -> None:
-    """Keep a settled journal's header as the record; its payload is no longer needed."""
-    journal = layout.journal(txid)
+    """A settled journal becomes the record (one rename: it is always one or the other,
+    whole, for whoever looks, even a participant's recovery that holds no lock here),
+    then the record keeps only the header: the payload is no longer needed."""
+    record = layout.record(txid)
     try:
-        fd = root.open(journal, os.O_RDWR)
+        root.rename(layout.journal(txid), record)
     except FileNotFoundError:
         return  # another process settled it
+    try:
+        fd = root.open(record, os.O_RDWR)
+    except FileNotFoundError:
+        return
     try:
         end = _header_end(fd)
         if end is not None and os.fstat(fd).st_size > end:
             os.ftruncate(fd, end)
     finally:
         os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        root.rename(journal, layout.record(txid))
 
 
 def _header_end(fd: int) -> int | None:
