@@ -125,3 +125,24 @@ def test_a_journal_whose_bytes_are_gone_fails_alone(make_repo: MakeRepo) -> None
     from butler.maintenance import verify
 
     assert not verify(Butler(outputs=[a, b])).ok
+
+
+def test_a_participants_state_is_read_journal_first(make_repo: MakeRepo) -> None:
+    """Settling renames a journal into its record whole (its payload is cut only after),
+    so a journal, then a record, are each whole whenever another participant looks."""
+    from butler.recovery import participant_state
+
+    a, b = crashed(make_repo, "prepared")  # both hold their journals
+    (journal,) = (b / ".butler" / "journal").iterdir()
+    txid = journal.name.removesuffix(".json")
+    assert participant_state(str(b), txid) == "prepared"
+    record = b / ".butler" / "records" / journal.name
+    journal.rename(record)  # settled, payload not cut yet
+    assert participant_state(str(b), txid) == "applied"
+    record.rename(journal)
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) - 10])  # cut short while being written
+    assert participant_state(str(b), txid) == "absent"
+    journal.unlink()
+    assert participant_state(str(b), txid) == "absent"
+    assert participant_state(str(b.with_name("nowhere")), txid) is None
