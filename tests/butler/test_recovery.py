@@ -132,7 +132,7 @@ def test_a_participants_state_is_read_journal_first(make_repo: MakeRepo) -> None
     so a journal, then a record, are each whole whenever another participant looks."""
     from butler.recovery import participant_state
 
-    a, b = crashed(make_repo, "prepared")  # both hold their journals
+    _a, b = crashed(make_repo, "prepared")  # both hold their journals
     (journal,) = (b / ".butler" / "journal").iterdir()
     txid = journal.name.removesuffix(".json")
     assert participant_state(str(b), txid) == "prepared"
