@@ -195,3 +195,19 @@ def _fresh_registry(where: Path) -> Path:
     fresh = DataRepository.create(where / "fresh")
     fresh.close()
     return where / "fresh" / "registry.sqlite3"
+
+
+def test_outputs_that_disagree_about_a_removal_are_reported(outputs: tuple[Path, Path]) -> None:
+    a, b = outputs
+    with Butler(a) as alone:  # removed from A only, bypassing the aggregator
+        alone.remove("calexp", visit=2, ccd=1)
+    aggregator = a.parent / "both.yaml"
+    aggregator.write_text(f"butler: 1\noutputs: [{a}, {b}]\n")
+    found = cli("verify", str(aggregator))
+    assert found.returncode != 0
+    lines = [line for line in found.stdout.splitlines() if line.startswith("disagree:")]
+    assert any("removed in A only" in line and "visit=2 ccd=1" in line for line in lines), lines
+    # Removal through the aggregator is all or nothing: both outputs agree again.
+    with Butler(aggregator) as both:
+        assert both.remove("calexp", visit=2, ccd=1) == ["B"]
+    assert cli("verify", str(aggregator)).returncode == 0
