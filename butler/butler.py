@@ -254,7 +254,8 @@ class Butler:
         **keys: object,
     ) -> list[DatasetRef]:
         """Write ``obj`` to every accepting output, all or nothing; one ref per output."""
-        return self._put(datasetType, dataId, keys, provenance, obj=obj)
+        plan = self._plan(datasetType, dataId, keys, provenance, obj=obj)
+        return self._refs(plan, transaction.put(*plan.put))
 
     def ingest(
         self,
@@ -271,7 +272,8 @@ class Butler:
         ``outputs`` narrows the put to the outputs with those labels (the mount's
         ``.repos/<label>/`` writes); by default every accepting output gets it.
         """
-        return self._put(datasetType, dataId, keys, provenance, file=Path(file), only=outputs)
+        plan = self._plan(datasetType, dataId, keys, provenance, file=Path(file), only=outputs)
+        return self._refs(plan, transaction.put(*plan.put))
 
     def ingest_many(
         self,
@@ -300,20 +302,6 @@ class Butler:
                 outcome if isinstance(outcome, ButlerError) else self._refs(plan, outcome)
             )
         return results
-
-    def _put(
-        self,
-        dataset_type: str,
-        data_id: Mapping[str, object] | None,
-        keys: Mapping[str, object],
-        provenance: Mapping[str, object] | None,
-        *,
-        obj: object = None,
-        file: Path | None = None,
-        only: Sequence[str] | None = None,
-    ) -> list[DatasetRef]:
-        plan = self._plan(dataset_type, data_id, keys, provenance, obj=obj, file=file, only=only)
-        return self._refs(plan, transaction.put(*plan.put))
 
     def _plan(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import pwd
 import secrets
@@ -59,10 +60,47 @@ class User:
         """``argv`` as this user (runuser: no password, no login shell needed)."""
         return run("runuser", "-u", self.name, "--", *argv, timeout=timeout)
 
+    def attempt(self, operation: str, *paths: Path) -> str:
+        """``operation`` on ``paths`` as this user: "ok", or the errno's name (EACCES, ...)."""
+        result = self.run("/usr/bin/python3", "-c", _ATTEMPT, operation, *paths)
+        assert result.returncode == 0, f"probe failed: {result.stderr}"
+        answer: str = json.loads(result.stdout)
+        return answer
+
     def own(self, path: Path) -> None:
         """Give ``path`` and everything below it to this user."""
         for each in [path, *path.rglob("*")]:
             os.lchown(each, self.uid, self.gid)
+
+
+# Run by /usr/bin/python3 (any user may run it), so it imports nothing of the project.
+_ATTEMPT = r"""
+import errno, hashlib, json, os, sys
+operation, paths = sys.argv[1], sys.argv[2:]
+def act():
+    if operation == "stat":
+        os.stat(paths[0])
+    elif operation == "list":
+        os.listdir(paths[0])
+    elif operation == "read":
+        with open(paths[0], "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    elif operation == "copy":
+        with open(paths[0], "rb") as source:
+            data = source.read()
+        with open(paths[1], "wb") as target:
+            target.write(data)
+    elif operation == "makedirs":
+        os.makedirs(paths[0], exist_ok=True)
+    else:
+        raise SystemExit("unknown operation " + operation)
+    return "ok"
+try:
+    answer = act()
+except OSError as exc:
+    answer = errno.errorcode.get(exc.errno, str(exc.errno))
+print(json.dumps(answer))
+"""
 
 
 def new_user(tag: str) -> User:

@@ -35,7 +35,7 @@ from butler import layout, recovery
 from butler.durable import copy_into, fsync_directory, write_new
 from butler.errors import ButlerError, reason_of
 from butler.journal import FileRecord, PutEntry, TornEntryError, decode, encode
-from butler.maintenance.common import Progress, describe, members, opened
+from butler.maintenance.common import Progress, describe, members, opened, read_file
 from butler.maintenance.verify import (
     CORRUPT,
     DISAGREE,
@@ -200,7 +200,7 @@ def _finish_from_copies(member: Member, problem: Problem, result: Scan) -> Actio
     verified copy of each file from any repository holding it, then recover again."""
     repo = member.repo
     try:
-        entry = decode(_read(repo, layout.journal(problem.txid)))
+        entry = decode(read_file(repo, layout.journal(problem.txid)))
     except (OSError, ButlerError):
         raise _Unrepairable("not repaired: its journal cannot be read") from None
     if not isinstance(entry, PutEntry):
@@ -239,7 +239,7 @@ def _restore_record(member: Member, problem: Problem, result: Scan, found: list[
         if other.repo.path == repo.path:
             continue
         try:
-            data = _read(other.repo, layout.record(txid))
+            data = read_file(other.repo, layout.record(txid))
             entry = decode(data, record=True)
         except (OSError, TornEntryError, ButlerError):
             continue
@@ -283,15 +283,6 @@ def _restore_record(member: Member, problem: Problem, result: Scan, found: list[
     )
 
 
-def _read(repo: DataRepository, relative: str) -> bytes:
-    fd = repo.root.open(relative)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as stream:
-            return stream.read()
-    finally:
-        os.close(fd)
-
-
 def _data_id(row: Row) -> dict[str, int | str]:
     value = json.loads(row.data_id)
     assert isinstance(value, dict)
@@ -325,7 +316,7 @@ def _settle_unreachable(member: Member) -> list[Action]:
             what = f"{entry.txid} of {entry.dataset_type} {entry.data_id}"
             try:
                 if _forward(repo, entry.txid, entry.participants):
-                    data = _read(repo, layout.journal(entry.txid))
+                    data = read_file(repo, layout.journal(entry.txid))
                     recovery.roll_forward(repo, entry, data)
                     settle(repo.root, repo.registry, {entry.txid: flushes_of(entry)})
                     actions.append(Action("rolled forward", member.label, f"{what} finished"))

@@ -57,6 +57,20 @@ STANDARD_POLICY: dict[str, object] = {
 }
 
 
+#: One small dataset type for the write-path tests (crash, kill, concurrency): "note",
+#: YAML, one key, template note/note-v<visit>.yaml.
+NOTE_POLICY: dict[str, object] = {
+    "genres": {
+        "meta": {
+            "keys": {"visit": "int"},
+            "template": "{datasetType}/{datasetType}-v{visit:07d}.yaml",
+            "storage": "yaml",
+        }
+    },
+    "datasetTypes": {"note": {"genre": "meta"}},
+}
+
+
 def exposure_path(dataset_type: str, visit: int, ccd: int, extension: str = ".fits") -> str:
     """The relative path EXPOSURE_TEMPLATE gives, with the extension of the storage format."""
     return f"{dataset_type}/v{visit:07d}/{dataset_type}-v{visit:07d}-c{ccd:03d}{extension}"

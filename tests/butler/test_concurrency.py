@@ -22,7 +22,7 @@ from pathlib import Path
 
 from butler import Butler, DataRepository
 from butler.maintenance import verify
-from tests.butler.conftest import MakeRepo
+from tests.butler.conftest import NOTE_POLICY, MakeRepo
 
 STRESS = os.environ.get("BUTLER_STRESS") == "1"  # make stress: a longer run
 WRITERS = 16 if STRESS else 8
@@ -30,16 +30,7 @@ READERS = 4
 PUTS = 200 if STRESS else 24  # per writer
 DATA_IDS = 3  # every writer puts to all of them: versions interleave
 
-POLICY = {
-    "genres": {
-        "meta": {
-            "keys": {"visit": "int"},
-            "template": "{datasetType}/{datasetType}-v{visit:07d}.yaml",
-            "storage": "yaml",
-        }
-    },
-    "datasetTypes": {"note": {"genre": "meta"}},
-}
+POLICY = NOTE_POLICY
 
 # The payload names its writer and put; "blob" repeats the tag, large every third put
 # (larger than what travels in the journal), so a torn or mixed read cannot pass.

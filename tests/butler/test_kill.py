@@ -27,21 +27,12 @@ from pathlib import Path
 
 from butler import Butler, DataRepository
 from butler.maintenance import verify
-from tests.butler.conftest import MakeRepo
+from tests.butler.conftest import NOTE_POLICY, MakeRepo
 
 TRIALS = int(os.environ.get("BUTLER_KILL_TRIALS", "80"))
 VISITS = 12
 
-POLICY = {
-    "genres": {
-        "meta": {
-            "keys": {"visit": "int"},
-            "template": "{datasetType}/{datasetType}-v{visit:07d}.yaml",
-            "storage": "yaml",
-        }
-    },
-    "datasetTypes": {"note": {"genre": "meta"}},
-}
+POLICY = NOTE_POLICY
 
 # The fork server: reads "trial seed delay_us" lines, forks a writer, kills it with
 # SIGKILL after the delay (from its first put on), and prints what it began and finished.

@@ -18,18 +18,9 @@ import pytest
 from butler import Butler, DataRepository
 from butler.journal import decode
 from butler.recovery import Decision, decide, recover
-from tests.butler.conftest import MakeRepo
+from tests.butler.conftest import NOTE_POLICY, MakeRepo
 
-POLICY = {
-    "genres": {
-        "meta": {
-            "keys": {"visit": "int"},
-            "template": "{datasetType}/{datasetType}-v{visit:07d}.yaml",
-            "storage": "yaml",
-        }
-    },
-    "datasetTypes": {"info": {"genre": "meta"}},
-}
+POLICY = {**NOTE_POLICY, "datasetTypes": {"info": {"genre": "meta"}}}
 
 CHILD = textwrap.dedent(
     """

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import pwd
-import secrets
 import shutil
 import signal
 import stat
@@ -34,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.system import User, new_user, remove_user
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MOUNT_DIR = PROJECT_ROOT / "mount"
@@ -306,72 +305,6 @@ def build_shared(root: Path) -> None:
 # -- users ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class User:
-    name: str
-    uid: int
-    gid: int
-
-    def run(self, *argv: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """``argv`` as this user (runuser: no password, no login shell needed)."""
-        return run("runuser", "-u", self.name, "--", *argv, timeout=timeout)
-
-    def attempt(self, operation: str, *paths: Path) -> str:
-        """``operation`` on ``paths`` as this user: "ok", or the errno's name (EACCES, ...)."""
-        result = self.run("/usr/bin/python3", "-c", _ATTEMPT, operation, *paths)
-        assert result.returncode == 0, f"probe failed: {result.stderr}"
-        answer: str = json.loads(result.stdout)
-        return answer
-
-
-# Run by /usr/bin/python3 (any user may run it), so it imports nothing of the project.
-_ATTEMPT = r"""
-import errno, hashlib, json, os, sys
-operation, paths = sys.argv[1], sys.argv[2:]
-def act():
-    if operation == "stat":
-        os.stat(paths[0])
-    elif operation == "list":
-        os.listdir(paths[0])
-    elif operation == "read":
-        with open(paths[0], "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    elif operation == "copy":
-        with open(paths[0], "rb") as source:
-            data = source.read()
-        with open(paths[1], "wb") as target:
-            target.write(data)
-    elif operation == "makedirs":
-        os.makedirs(paths[0], exist_ok=True)
-    else:
-        raise SystemExit("unknown operation " + operation)
-    return "ok"
-try:
-    answer = act()
-except OSError as exc:
-    answer = errno.errorcode.get(exc.errno, str(exc.errno))
-print(json.dumps(answer))
-"""
-
-
-def _new_user(tag: str) -> User:
-    name = f"bfs{secrets.token_hex(3)}{tag}"
-    result = run("useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name)
-    assert result.returncode == 0, f"useradd {name}: {result.stderr}"
-    entry = pwd.getpwnam(name)
-    return User(name, entry.pw_uid, entry.pw_gid)
-
-
-def _remove_user(user: User) -> None:
-    # Only processes this session started run as a user it created.
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if entry.stat().st_uid == user.uid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-    run("userdel", "--remove", user.name)
-
-
 @pytest.fixture(scope="session")
 def users() -> Iterator[tuple[User, User]]:
     """Two fresh users, (owner, other); removed with their homes at the end."""
@@ -380,12 +313,12 @@ def users() -> Iterator[tuple[User, User]]:
         unavailable("useradd and runuser are needed to mount as another user")
     made: list[User] = []
     try:
-        made.append(_new_user("a"))
-        made.append(_new_user("b"))
+        made.append(new_user("a"))
+        made.append(new_user("b"))
         yield made[0], made[1]
     finally:
         for user in made:
-            _remove_user(user)
+            remove_user(user)
 
 
 @pytest.fixture(scope="session")
