@@ -4,9 +4,10 @@
 PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# systemd only for systemd-analyze (tests check the unit files), strace for benchmarks.
+# systemd only for systemd-analyze (tests check the unit files), strace for benchmarks,
+# postgresql for the tests' throwaway PostgreSQL cluster (tests/pg.py).
 SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr \
-	systemd strace
+	systemd strace postgresql
 
 .PHONY: all setup system venv test lint typecheck pytest demo bench install clean
 
@@ -27,7 +28,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,postgres]'
 	touch $@
 
 lint: setup

@@ -294,6 +294,20 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a parent repository, read after this one; repeatable, depth-first order",
     )
+    _registry_options(
+        parser,
+        "keep the registry in PostgreSQL (postgresql://HOST/DATABASE; "
+        "credentials through ~/.pgpass or PGSERVICE, never here) or "
+        "'sqlite' (the default, unless BUTLER_REGISTRY says otherwise)",
+    )
+
+
+def _registry_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--registry", metavar="URL", help=what)
+    parser.add_argument(
+        "--schema",
+        help="the PostgreSQL schema of the registry (default: butler_<label>, numbered if taken)",
+    )
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -307,9 +321,16 @@ def run_create(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"parent {parent} is not a butler repository; create it first or fix the path"
             )
-    repo = DataRepository.create(args.repo, label=args.label, policy=policy, parents=args.parents)
+    repo = DataRepository.create(
+        args.repo,
+        label=args.label,
+        policy=policy,
+        parents=args.parents,
+        registry=args.registry,
+        schema=args.schema,
+    )
     repo.close()
-    print(f"created repository {repo.label} at {repo.path}")
+    print(f"created repository {repo.label} at {repo.path} (registry: {repo.registry_name()})")
     return 0
 
 
@@ -692,6 +713,11 @@ def run_repair(args: argparse.Namespace) -> int:
 
 def _reindex_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", metavar="REPO")
+    _registry_options(
+        parser,
+        "move the registry to this engine: postgresql://HOST/DATABASE "
+        "(a new schema there) or 'sqlite'; stop writers and mounts first",
+    )
     _json_option(parser)
 
 
@@ -702,7 +728,7 @@ def run_reindex(args: argparse.Namespace) -> int:
     from butler.progress import ProgressBar
 
     with ProgressBar("reindex") as bar:
-        report = reindex(args.repo, progress=bar)
+        report = reindex(args.repo, progress=bar, registry=args.registry, schema=args.schema)
     if args.json:
         _print_json(dataclasses.asdict(report))
         return 0
@@ -710,6 +736,10 @@ def run_reindex(args: argparse.Namespace) -> int:
         print(f"adopted: {path}")
     for path in report.ignored:
         print(f"ignored (matches no template): {path}")
+    if report.moved_to:
+        print(f"moved the registry to {report.moved_to}")
+    if report.left_behind:
+        print(f"the old registry: {report.left_behind}")
     print(
         f"reindexed {args.repo}: {report.records} records, {report.removals} removals, "
         f"{len(report.adopted)} adopted, {len(report.ignored)} ignored"

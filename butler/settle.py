@@ -28,7 +28,7 @@ from butler import faults, layout
 from butler.confine import Root
 from butler.durable import fsync_directory, fsync_file
 from butler.journal import PutEntry, RemovalEntry
-from butler.locks import FileLocks
+from butler.locks import Locks
 from butler.registry import Registry
 
 BATCH = 32  # applied puts waiting per repository, at most
@@ -94,7 +94,7 @@ class Settlement:
         if waiting:
             settle(self._root, self._registry(), waiting)
 
-    def settle_all(self, locks: FileLocks) -> None:
+    def settle_all(self, locks: Locks) -> None:
         """Settle everything waiting, taking the repository lock (close, exit)."""
         with self._lock:
             if not self._waiting:
