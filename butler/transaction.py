@@ -148,11 +148,15 @@ def put(
 
     participants = tuple(str(target.repo.path) for target in targets)
     with contextlib.ExitStack() as stack:
-        for repo in sorted({t.repo.path: t.repo for t in targets}.values(), key=lambda r: r.path):
-            stack.enter_context(repo.locks.repository())
-        committed = time.time()
         prepared: list[_Prepared] = []
         try:
+            # Inside the try: a lock that cannot be taken (a registry server gone) is a
+            # failure before the commit point too, and the staged files go.
+            for repo in sorted(
+                {t.repo.path: t.repo for t in targets}.values(), key=lambda r: r.path
+            ):
+                stack.enter_context(repo.locks.repository())
+            committed = time.time()
             for target in targets:
                 entry = _entry(target, txid, dataset_type, data_id, payloads, provenance)
                 entry = replace(entry, participants=participants, committed=committed)

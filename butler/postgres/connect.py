@@ -17,7 +17,7 @@ every repository on it (each is a server process: one per repository and thread
 would exhaust ``max_connections`` on a busy host).  It is our own rather than
 psycopg-pool's: a reader must get libpq's reason at once (``connection refused``,
 naming the host) instead of a pool timeout, and while the server is down a
-read must fail in microseconds, not wait (see :data:`RETRY_SECONDS`).
+read must fail at once, not wait (see :data:`RETRY_SECONDS`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import errno
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,9 +40,12 @@ from butler.errors import ButlerError, ConfigError, RegistryDamagedError, Reposi
 
 CONNECT_TIMEOUT = 5  # seconds for a connect, unless the URL says connect_timeout
 TCP_USER_TIMEOUT_MS = 15_000  # a silent server fails a query after this, not never
-#: After a failed connect, reads fail at once with the same reason for this long
-#: instead of each trying again (a mount's lookups arrive by the thousand).
+#: After a connect that failed slowly (a host that does not answer: the connect
+#: timeout), reads fail at once with the same reason for this long instead of each
+#: waiting again (a mount's lookups arrive by the thousand).  A refusal is fast and
+#: is simply tried again: the server may be back already.
 RETRY_SECONDS = 1.0
+SLOW_FAILURE = 0.5  # seconds
 IDLE_CONNECTIONS = 8  # kept per server and process; more are opened when needed
 
 #: Defaults libpq applies unless the URL names them (keepalives find a dead server
@@ -157,8 +161,8 @@ _DAMAGED = ("3F000", "42P01", "42703")  # no schema, a missing table or column
 def database_error(exc: psycopg.Error, address: Address, doing: str) -> ButlerError:
     """A ButlerError for a psycopg failure: the errno that says why, what to do, and
     the server named by host (libpq's messages never hold a password)."""
-    state = exc.sqlstate or ""
     reason = _first_line(exc)
+    state = exc.sqlstate or _connect_state(reason)
     where = address.describe()
     if state in _DAMAGED:
         return RegistryDamagedError(
@@ -171,6 +175,24 @@ def database_error(exc: psycopg.Error, address: Address, doing: str) -> ButlerEr
         advice = _ADVICE["08"]  # no SQLSTATE: the connection itself failed
     number, what = advice or (errno.EIO, "retry; if it persists, run 'butler verify'")
     return RepositoryError(f"registry in {where} could not {doing}: {reason}; {what}", errno=number)
+
+
+#: A failed connect has no SQLSTATE in psycopg: libpq's text says why.
+_CONNECT_FAILURES = (
+    ("authentication failed", "28P01"),
+    ("no password supplied", "28P01"),
+    ("password is required", "28P01"),
+    ("does not exist", "3D000"),  # database "x" (role "x" is 28000, below)
+)
+
+
+def _connect_state(reason: str) -> str:
+    if re.search(r'role "[^"]*" does not exist', reason):
+        return "28000"
+    for text, state in _CONNECT_FAILURES:
+        if text in reason:
+            return state
+    return ""
 
 
 def _first_line(exc: psycopg.Error) -> str:
@@ -201,6 +223,7 @@ class Pool:
                 if connection.broken or connection.closed:
                     connection.close()
                     if not fresh and attempt == 0:
+                        self.close()  # a restart dropped them all: connect afresh
                         continue
                 else:
                     self._give(connection)
@@ -228,10 +251,12 @@ class Pool:
             failure = self._failure
         if failure is not None and time.monotonic() - failure[0] < RETRY_SECONDS:
             raise failure[1]
+        started = time.monotonic()
         try:
             connection = connect(self.address)
         except ButlerError as exc:
-            self._failure = (time.monotonic(), exc)
+            if time.monotonic() - started > SLOW_FAILURE:
+                self._failure = (time.monotonic(), exc)  # a timeout: not paid by every read
             raise
         self._failure = None
         return connection, True

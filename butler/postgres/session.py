@@ -89,6 +89,19 @@ class Session:
         self._closer = None
         self._connection = None
 
+    def take(self, key: int) -> None:
+        """``pg_advisory_lock(key)``, the session opened again first if it was dropped
+        while idle (a server restart): writers resume by themselves once it is back."""
+        connection = self.connection()
+        try:
+            connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+            return
+        except psycopg.Error as exc:
+            if not connection.broken or self.holding:
+                raise database_error(exc, self.address, "take a lock") from None
+        self.connection()
+        self._advisory("pg_advisory_lock", key)
+
     def _advisory(self, function: str, key: int) -> bool:
         """``SELECT <function>(key)`` on the session (a fixed function name)."""
         assert self._connection is not None
@@ -126,8 +139,7 @@ class DatabaseLocks:
         session = self._session
         with session.lock:
             if session.holding == 0:
-                session.connection()
-                session._advisory("pg_advisory_lock", self._key)
+                session.take(self._key)
             session.holding += 1
             try:
                 yield
@@ -147,8 +159,7 @@ class DatabaseLocks:
             if owner is not None and owner[0] == os.getpid():
                 return owner[1]
             tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            session.connection()
-            session._advisory("pg_advisory_lock", lock_key(session.schema, "owner", tag))
+            session.take(lock_key(session.schema, "owner", tag))
             session._owner = (os.getpid(), tag)
             try:
                 fd = self._root.open(layout.owner_lock(tag), os.O_WRONLY | os.O_CREAT, 0o644)
