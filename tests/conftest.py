@@ -84,3 +84,13 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> E
     cluster: Cluster = request.getfixturevalue("postgres")
     monkeypatch.setenv("BUTLER_REGISTRY", cluster.url())
     return Engine(name, cluster.url())
+
+
+@pytest.fixture
+def own_postgres(postgres: Cluster) -> Iterator[Cluster]:
+    """A cluster of the test's own, to stop and start (the session's stays up)."""
+    cluster = Cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()

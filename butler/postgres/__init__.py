@@ -50,12 +50,7 @@ class Database:
     def open_registry(self, label: str, path: str, has_records: bool) -> PostgresRegistry:
         """The registry; a missing schema is made if the repository has no records yet
         (as a missing registry.sqlite3 is), else it must be rebuilt by reindex."""
-        with self.pool.connection() as connection:
-            try:
-                exists = schemas.check(connection, self.address, self.schema)
-            except psycopg.Error as exc:
-                raise database_error(exc, self.address, "be opened") from None
-        if not exists:
+        if not self.exists():
             if has_records:
                 raise RegistryDamagedError(
                     f"the registry of {path} ({self.describe()}) is missing but the "
@@ -74,11 +69,10 @@ class Database:
         assert made == self.schema
 
     def exists(self) -> bool:
-        with self.pool.connection() as connection:
-            try:
-                return schemas.check(connection, self.address, self.schema)
-            except psycopg.Error as exc:
-                raise database_error(exc, self.address, "be opened") from None
+        """Is the schema there (RegistryDamagedError if it is but holds no registry)?"""
+        return self.pool.run(
+            lambda connection: schemas.check(connection, self.address, self.schema), "be opened"
+        )
 
     def rename_aside(self, suffix: str) -> str:
         """Keep a damaged schema under another name (never dropped); that name."""

@@ -23,15 +23,14 @@ read must fail at once, not wait (see :data:`RETRY_SECONDS`).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import errno
 import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import conninfo
@@ -62,6 +61,8 @@ _DEFAULTS = {
 _SECRET_PARAMETERS = ("password",)
 
 SCHEMES = ("postgresql://", "postgres://")
+
+T = TypeVar("T")
 
 #: A connection whose rows are tuples (psycopg's default row factory).
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -213,12 +214,19 @@ class Pool:
         self._failure: tuple[float, ButlerError] | None = None
 
     def fetch(self, sql: str, parameters: Sequence[object] | Mapping[str, object] = ()) -> Rows:
-        """Run one read and return its rows.  A connection the server dropped while it
-        was idle (a restart) is replaced once; the read is then tried on the new one."""
+        """Run one read and return its rows."""
+        return self.run(
+            lambda connection: connection.execute(sql, parameters).fetchall(), "be read"
+        )
+
+    def run(self, work: Callable[[Connection], T], doing: str) -> T:
+        """``work(connection)`` on a connection of the pool.  A connection the server dropped
+        while it was idle (a restart) is replaced, and ``work`` tried once more on a new
+        one: ``work`` must be a read, or one transaction of its own."""
         for attempt in range(2):
             connection, fresh = self._take()
             try:
-                rows = connection.execute(sql, parameters).fetchall()
+                result = work(connection)
             except psycopg.Error as exc:
                 if connection.broken or connection.closed:
                     connection.close()
@@ -227,22 +235,10 @@ class Pool:
                         continue
                 else:
                     self._give(connection)
-                raise database_error(exc, self.address, "be read") from None
+                raise database_error(exc, self.address, doing) from None
             self._give(connection)
-            return rows
+            return result
         raise AssertionError("unreachable")
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Connection]:
-        """A connection for several statements (returned unless it broke)."""
-        connection, _ = self._take()
-        try:
-            yield connection
-        finally:
-            if connection.broken or connection.closed:
-                connection.close()
-            else:
-                self._give(connection)
 
     def _take(self) -> tuple[Connection, bool]:
         with self._lock:

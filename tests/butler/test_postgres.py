@@ -318,16 +318,6 @@ def test_an_sqlite_writer_does_take_a_flock(tmp_path: Path) -> None:
 # --- the server going away --------------------------------------------------------------
 
 
-@pytest.fixture
-def own_postgres(postgres: Cluster) -> Iterator[Cluster]:
-    """A cluster of this test's own, to stop and start (the session's stays up)."""
-    cluster = Cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.destroy()
-
-
 def staged_files(root: Path) -> list[str]:
     return sorted(
         name for name in os.listdir(root / ".butler" / "staging") if not name.startswith("owner-")
