@@ -9,6 +9,12 @@ transaction-level advisory lock on the same key, so writers of one schema
 commit one at a time even without the repository lock (bulk fills), and the
 change log's sequence numbers are in commit order, which watchers rely on.
 
+Write transactions commit asynchronously (``synchronous_commit = off``): a put's
+journal stays until it is settled, and settling calls :meth:`PostgresRegistry.sync`,
+which waits for the server's log flush (one for a batch of puts, as SQLite's WAL is
+flushed).  A server crash may lose the last commits' rows, never their journals:
+the next writer's recovery finds each journal's txid missing and records it again.
+
 Every commit that changed something sends ``NOTIFY`` on the schema's channel
 (delivered when it commits); :class:`Notices` is a listening connection whose
 socket a mount daemon waits on.
@@ -47,6 +53,14 @@ _LOOKUP_CURRENT = (
 _LOOKUP_VERSION = (
     f"SELECT {_ROW_COLUMNS} {_FROM} WHERE d.dataset_type = %s AND d.data_id = %s "
     "AND d.version = %s ORDER BY f.primary_file DESC, f.location"
+)
+# The current version's rows, each with the max version; one row of NULLs and the max
+# when there is no current version (removed, or never put).
+_CURRENT_AND_MAX = (
+    f"SELECT {_ROW_COLUMNS}, m.max FROM (SELECT MAX(version) AS max FROM {{s}}.datasets "
+    "WHERE dataset_type = %s AND data_id = %s) m LEFT JOIN ({s}.datasets d JOIN {s}.files f "
+    "ON f.dataset = d.id) ON d.dataset_type = %s AND d.data_id = %s AND d.current "
+    "AND NOT d.removed ORDER BY f.primary_file DESC, f.location"
 )
 _MAX_VERSION = "SELECT MAX(version) FROM {s}.datasets WHERE dataset_type = %s AND data_id = %s"
 _HAS_TXID = (
@@ -214,6 +228,9 @@ class PostgresRegistry:
             try:
                 with connection.pipeline():
                     connection.execute("BEGIN")
+                    # Not flushed by itself: the put's journal stays until sync() (settling,
+                    # batched), as SQLite's synchronous=NORMAL; see the module docstring.
+                    connection.execute("SET LOCAL synchronous_commit = off")
                     connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
             except psycopg.Error as exc:
                 _rollback(connection)
@@ -232,7 +249,18 @@ class PostgresRegistry:
             writer.commit()
 
     def sync(self) -> None:
-        """Nothing to flush: a PostgreSQL commit is durable when it returns."""
+        """Make every committed transaction durable: a synchronous commit of a transaction
+        of its own waits until the write-ahead log is flushed past it, and so past every
+        asynchronous commit before it."""
+
+        def flush(connection: Connection) -> None:
+            with connection.pipeline():
+                connection.execute("BEGIN")
+                connection.execute("SET LOCAL synchronous_commit = on")
+                connection.execute("SELECT pg_current_xact_id()")  # a commit record to wait for
+                connection.execute("COMMIT")
+
+        self._pool.run(flush, "flush its log")
 
     def close(self) -> None:
         """Connections belong to the process's pool and the repository's session."""
@@ -252,6 +280,10 @@ class PostgresWriter:
         self._connection = connection
         self.done = False
         self._changed = False
+        #: Answers this transaction knows without asking again (the repository lock keeps
+        #: other writers out): max versions read with ``current``, txids it added.
+        self._max: dict[tuple[str, str], int] = {}
+        self._added: set[str] = set()
 
     def _run(self, template: str, parameters: Sequence[object] = ()) -> psycopg.Cursor[Any]:
         try:
@@ -260,18 +292,31 @@ class PostgresWriter:
             raise database_error(exc, self._registry.address, "record the change") from None
 
     def max_version(self, dataset_type: str, data_id: str) -> int:
+        known = self._max.get((dataset_type, data_id))
+        if known is not None:
+            return known
         row = self._run(_MAX_VERSION, (dataset_type, data_id)).fetchone()
         return int(row[0] or 0) if row else 0
 
     def current(self, dataset_type: str, data_id: str) -> list[Row]:
-        return [_row(r) for r in self._run(_LOOKUP_CURRENT, (dataset_type, data_id)).fetchall()]
+        """The current version's files, primary first; the max version comes along (a put
+        asks for both, one round trip instead of two)."""
+        rows = self._run(_CURRENT_AND_MAX, (dataset_type, data_id, dataset_type, data_id))
+        found = rows.fetchall()
+        self._max[(dataset_type, data_id)] = int(found[0][-1] or 0)
+        return [_row(r[:-1]) for r in found if r[0] is not None]
 
     def has_transaction(self, txid: str) -> bool:
+        if txid in self._added:
+            return True
         row = self._run(_HAS_TXID, (txid, txid)).fetchone()
         return bool(row and row[0])
 
     def add(self, entry: PutEntry) -> None:
         """Record one committed version; a no-op if its txid is already recorded."""
+        if entry.txid in self._added:
+            return  # added by this transaction already (prepare, then apply)
+        self._max.clear()
         data_id = canonical_data_id(entry.data_id)
         row = self._run(
             f"SELECT ({_HAS_TXID}), EXISTS (SELECT 1 FROM {{s}}.datasets WHERE dataset_type = %s "
@@ -332,6 +377,7 @@ class PostgresWriter:
         except psycopg.Error as exc:
             raise database_error(exc, self._registry.address, "record the change") from None
         self._changed = True
+        self._added.add(entry.txid)
 
     def add_many(self, entries: Iterable[PutEntry]) -> None:
         """:meth:`add` for many entries, in order, by COPY: the same rows and flags."""
@@ -345,6 +391,7 @@ class PostgresWriter:
             self._add_batch(batch)
 
     def _add_batch(self, entries: list[PutEntry]) -> None:
+        self._max.clear()
         try:
             _bulk_add(self._connection, self._registry.q, entries)
         except psycopg.Error as exc:
@@ -353,6 +400,7 @@ class PostgresWriter:
 
     def remove(self, entry: RemovalEntry) -> None:
         """Hide version ``entry.version`` from reads; a no-op if already recorded."""
+        self._max.clear()
         if self.has_transaction(entry.txid):
             return
         rows = self._run(
@@ -373,6 +421,8 @@ class PostgresWriter:
     def clear(self) -> None:
         """Drop every dataset row (a rebuild within this transaction).  DELETE, not
         TRUNCATE: readers keep seeing the old rows until the rebuild commits."""
+        self._max.clear()
+        self._added.clear()
         self._run("INSERT INTO {s}.changes (path) SELECT DISTINCT path FROM {s}.files")
         for table in ("files", "datasets", "keys", "dirs", "removals"):
             self._run(f"DELETE FROM {{s}}.{table}")  # fixed names, never user input
