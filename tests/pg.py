@@ -75,7 +75,9 @@ class Cluster:
     # -- life ---------------------------------------------------------------------
 
     @classmethod
-    def start(cls, *, max_connections: int = 300) -> Cluster:
+    def start(cls, *, max_connections: int = 300, durable: bool = False) -> Cluster:
+        """``durable``: the server's own defaults (fsync and synchronous commits on), as a
+        benchmark needs; otherwise they are off, as a throwaway test cluster can afford."""
         binaries = server_binaries()
         user = "postgres" if os.geteuid() == 0 else None
         base = Path(tempfile.mkdtemp(prefix="butler-pg-"))
@@ -85,7 +87,7 @@ class Cluster:
         base.chmod(0o755)  # clients (root, other users) reach the socket inside
         cluster = cls(base, binaries, free_port(), user)
         try:
-            cluster._initdb(max_connections)
+            cluster._initdb(max_connections, durable)
             cluster.run_server()
             cluster._make_roles()
         except BaseException:
@@ -113,7 +115,7 @@ class Cluster:
             )
         return str(done.stdout)
 
-    def _initdb(self, max_connections: int) -> None:
+    def _initdb(self, max_connections: int, durable: bool) -> None:
         self.socket_dir.mkdir()
         if self.user is not None:
             entry = pwd.getpwnam(self.user)
@@ -150,14 +152,12 @@ class Cluster:
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
             "max_connections": str(max_connections),
-            # A throwaway cluster: durability is not what the tests measure here (the
-            # benchmark states its own settings).
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
-            "shared_buffers": "256MB",
-            "max_wal_size": "4GB",
+            "shared_buffers": "1GB" if durable else "256MB",
+            "max_wal_size": "8GB",
         }
+        if not durable:
+            # A throwaway cluster: durability is not what the tests check.
+            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         with (self.data / "postgresql.conf").open("a") as conf:
             for key, value in settings.items():
                 conf.write(f"{key} = {value}\n")
