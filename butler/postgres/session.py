@@ -66,7 +66,11 @@ class Session:
         """The session's connection (the caller holds :attr:`lock`), opened again if it
         broke while the repository lock was not held; then the owner lock is taken again."""
         connection = self._connection
-        if connection is not None and self._pid == os.getpid() and not connection.broken:
+        if (
+            connection is not None
+            and not (connection.broken or connection.closed)
+            and self._pid == os.getpid()
+        ):
             return connection
         if connection is not None and self._pid == os.getpid() and self.holding:
             raise RepositoryError(
@@ -79,6 +83,9 @@ class Session:
         connection = connect(self.address)
         self._connection, self._pid = connection, os.getpid()
         self._closer = weakref.finalize(self, _close_if_ours, connection, os.getpid())
+        # Not at exit: the repositories settle then (butler.repository), on this session;
+        # the process's end closes the socket anyway.
+        self._closer.atexit = False
         if self._owner is not None and self._owner[0] == os.getpid():
             self._advisory("pg_advisory_lock", lock_key(self.schema, "owner", self._owner[1]))
         return connection
