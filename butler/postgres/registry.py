@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import posixpath
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -100,9 +100,6 @@ class PostgresRegistry:
 
     def _fetch(self, template: str, parameters: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         return self._pool.fetch(self.q(template), parameters)
-
-    def describe(self) -> str:
-        return f"schema {self.schema} in {self.address.describe()}"
 
     # -- reads ---------------------------------------------------------------------
 
@@ -500,7 +497,7 @@ _BULK_STEPS = (
 )
 
 
-def _bulk_add(connection: Connection, q: Any, entries: list[PutEntry]) -> None:
+def _bulk_add(connection: Connection, q: Callable[[str], str], entries: list[PutEntry]) -> None:
     """COPY ``entries`` into temporary tables, then move them with one statement each."""
     for statement in _BULK_TABLES.split(";"):
         connection.execute(statement)  # fixed text

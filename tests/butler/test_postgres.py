@@ -9,6 +9,7 @@ and the notices a commit sends.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import getpass
 import os
@@ -259,7 +260,9 @@ def locks_of(pid: int) -> list[str]:
         return [line for line in locks if len(line.split()) > 4 and line.split()[4] == str(pid)]
 
 
+@contextlib.contextmanager
 def holding_writer(root: Path, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A writer process stopped at its commit point (the repository lock held)."""
     rendezvous = tmp_path / f"rendezvous-{root.name}"
     rendezvous.mkdir()
     writer = start_writer(root, rendezvous, 1, "pause")
@@ -282,7 +285,7 @@ def test_writers_serialize_through_the_database_and_take_no_flock(
     root = create(tmp_path / "A", postgres.url())
     rendezvous = tmp_path / "second"
     rendezvous.mkdir()
-    for first in holding_writer(root, tmp_path):
+    with holding_writer(root, tmp_path) as first:
         assert locks_of(first.pid) == [], "a PostgreSQL-registered writer took a file lock"
         assert not (root / ".butler" / "lock").exists()
         held = postgres.psql(
@@ -311,7 +314,7 @@ def test_an_sqlite_writer_does_take_a_flock(tmp_path: Path) -> None:
     """The other engine, so the check above is known to see a lock when there is one."""
     root = tmp_path / "A"
     DataRepository.create(root, policy=STANDARD_POLICY, registry="sqlite").close()
-    for writer in holding_writer(root, tmp_path):
+    with holding_writer(root, tmp_path) as writer:
         assert any("FLOCK" in line for line in locks_of(writer.pid)), locks_of(writer.pid)
 
 
