@@ -369,6 +369,8 @@ def _settle_open_repositories() -> None:
     for repo in list(_open_repositories):
         with contextlib.suppress(Exception):
             repo.settlement.settle_all(repo.locks)
+        with contextlib.suppress(Exception):
+            repo.locks.release()  # after settling: a database session closes cleanly
 
 
 def _database_of(

@@ -19,7 +19,7 @@ Every commit that changed something sends ``NOTIFY`` on the schema's channel
 (delivered when it commits); :class:`Notices` is a listening connection whose
 socket a mount daemon waits on.
 
-A put's rows go in two round trips (one query, then one pipeline of inserts);
+A put's rows go in one statement (one round trip);
 many at once (``insert_many``, ``reindex``) go by ``COPY`` into temporary
 tables and one ``INSERT ... SELECT`` per table.
 """
@@ -62,6 +62,41 @@ _CURRENT_AND_MAX = (
     "ON f.dataset = d.id) ON d.dataset_type = %s AND d.data_id = %s AND d.current "
     "AND NOT d.removed ORDER BY f.primary_file DESC, f.location"
 )
+# add(): every row of one put in one statement.  The sub-statements share one snapshot:
+# "newer" and "recorded" see the table as it was before, which is what add() means.
+_ADD = """
+WITH recorded AS (
+    SELECT EXISTS (SELECT 1 FROM {s}.datasets WHERE txid = %(txid)s)
+        OR EXISTS (SELECT 1 FROM {s}.removals WHERE txid = %(txid)s) AS yes
+), demoted AS (
+    UPDATE {s}.datasets SET current = false
+    WHERE dataset_type = %(type)s AND data_id = %(id)s AND version < %(version)s AND current
+      AND NOT (SELECT yes FROM recorded)
+), added AS (
+    INSERT INTO {s}.datasets (dataset_type, data_id, version, txid, committed, current)
+    SELECT %(type)s, %(id)s, %(version)s, %(txid)s, %(committed)s,
+           NOT EXISTS (SELECT 1 FROM {s}.datasets WHERE dataset_type = %(type)s
+                       AND data_id = %(id)s AND version > %(version)s)
+    WHERE NOT (SELECT yes FROM recorded)
+    RETURNING id
+), files AS (
+    INSERT INTO {s}.files
+    SELECT added.id, f.* FROM added, unnest(%(locations)s::integer[], %(primaries)s::boolean[],
+        %(paths)s::text[], %(dirs)s::text[], %(names)s::text[], %(storages)s::text[],
+        %(sizes)s::bigint[], %(sha256s)s::text[])
+        AS f(location, primary_file, path, dir, name, storage, size, sha256)
+), keys AS (
+    INSERT INTO {s}.keys SELECT k.key, k.value, added.id
+    FROM added, unnest(%(keys)s::text[], %(values)s::text[]) AS k(key, value)
+    ON CONFLICT DO NOTHING
+), directories AS (
+    INSERT INTO {s}.dirs SELECT d.parent, d.name
+    FROM added, unnest(%(parents)s::text[], %(dirnames)s::text[]) AS d(parent, name)
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO {s}.changes (path)
+SELECT c.path FROM added, unnest(%(paths)s::text[]) WITH ORDINALITY AS c(path, n) ORDER BY c.n
+"""
 _MAX_VERSION = "SELECT MAX(version) FROM {s}.datasets WHERE dataset_type = %s AND data_id = %s"
 _HAS_TXID = (
     "SELECT EXISTS (SELECT 1 FROM {s}.datasets WHERE txid = %s) "
@@ -89,6 +124,12 @@ class PostgresRegistry:
         self._sql: dict[str, str] = {}
         self._key = lock_key(schema, "repository")
         self.channel = channel(schema)
+        self._begin = (
+            "BEGIN; SET LOCAL synchronous_commit = off; "
+            f"SELECT pg_advisory_xact_lock({int(self._key)})"
+        )
+        notify = sql.SQL("SELECT pg_notify({}, ''); COMMIT").format(sql.Literal(self.channel))
+        self.notify_and_commit = notify.as_string()
 
     def q(self, template: str) -> str:
         """``template`` with ``{s}`` as this schema (cached: the same text each time, so
@@ -223,12 +264,10 @@ class PostgresRegistry:
         with session.lock:
             connection = session.connection()
             try:
-                with connection.pipeline():
-                    connection.execute("BEGIN")
-                    # Not flushed by itself: the put's journal stays until sync() (settling,
-                    # batched), as SQLite's synchronous=NORMAL; see the module docstring.
-                    connection.execute("SET LOCAL synchronous_commit = off")
-                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+                # One round trip (several statements, no parameters).  Not flushed by itself:
+                # the put's journal stays until sync() (settling, batched), as SQLite's
+                # synchronous=NORMAL; see the module docstring.
+                connection.execute(self._begin)
             except psycopg.Error as exc:
                 _rollback(connection)
                 raise database_error(exc, self.address, "start a write") from None
@@ -282,7 +321,9 @@ class PostgresWriter:
         self._max: dict[tuple[str, str], int] = {}
         self._added: set[str] = set()
 
-    def _run(self, template: str, parameters: Sequence[object] = ()) -> psycopg.Cursor[Any]:
+    def _run(
+        self, template: str, parameters: Sequence[object] | Mapping[str, object] = ()
+    ) -> psycopg.Cursor[Any]:
         try:
             return self._connection.execute(self._registry.q(template), parameters)
         except psycopg.Error as exc:
@@ -310,69 +351,33 @@ class PostgresWriter:
         return bool(row and row[0])
 
     def add(self, entry: PutEntry) -> None:
-        """Record one committed version; a no-op if its txid is already recorded."""
+        """Record one committed version; a no-op if its txid is already recorded.  One
+        statement (one round trip): see :data:`_ADD`."""
         if entry.txid in self._added:
             return  # added by this transaction already (prepare, then apply)
         self._max.clear()
-        data_id = canonical_data_id(entry.data_id)
-        row = self._run(
-            f"SELECT ({_HAS_TXID}), EXISTS (SELECT 1 FROM {{s}}.datasets WHERE dataset_type = %s "
-            "AND data_id = %s AND version > %s), "
-            "nextval(pg_get_serial_sequence(%s, 'id'))",
-            (
-                entry.txid,
-                entry.txid,
-                entry.dataset_type,
-                data_id,
-                entry.version,
-                f"{self._registry.q('{s}')}.datasets",
-            ),
-        ).fetchone()
-        assert row is not None
-        recorded, newer, dataset = row
-        if recorded:
-            return
-        q = self._registry.q
-        files = [
-            (dataset, record.location, record.primary, record.path,
-             *posixpath.split(record.path), record.storage, record.size, record.sha256)
-            for record in entry.files
-        ]  # fmt: skip
-        try:
-            with self._connection.pipeline():
-                cursor = self._connection.cursor()
-                cursor.execute(
-                    q(
-                        "UPDATE {s}.datasets SET current = false WHERE dataset_type = %s "
-                        "AND data_id = %s AND version < %s AND current"
-                    ),
-                    (entry.dataset_type, data_id, entry.version),
-                )
-                cursor.execute(
-                    q(
-                        "INSERT INTO {s}.datasets (id, dataset_type, data_id, version, txid, "
-                        "committed, current) VALUES (%s, %s, %s, %s, %s, %s, %s)"
-                    ),
-                    (dataset, entry.dataset_type, data_id, entry.version, entry.txid,
-                     entry.committed, not newer),
-                )  # fmt: skip
-                cursor.executemany(
-                    q("INSERT INTO {s}.files VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"), files
-                )
-                cursor.executemany(
-                    q("INSERT INTO {s}.dirs VALUES (%s, %s) ON CONFLICT DO NOTHING"),
-                    sorted(_directories(record.path for record in entry.files)),
-                )
-                cursor.executemany(
-                    q("INSERT INTO {s}.changes (path) VALUES (%s)"),
-                    [(record.path,) for record in entry.files],
-                )
-                cursor.executemany(
-                    q("INSERT INTO {s}.keys VALUES (%s, %s, %s) ON CONFLICT DO NOTHING"),
-                    [(key, key_value(value), dataset) for key, value in entry.data_id.items()],
-                )
-        except psycopg.Error as exc:
-            raise database_error(exc, self._registry.address, "record the change") from None
+        records = entry.files
+        directories = sorted(_directories(record.path for record in records))
+        parameters = {
+            "txid": entry.txid,
+            "type": entry.dataset_type,
+            "id": canonical_data_id(entry.data_id),
+            "version": entry.version,
+            "committed": entry.committed,
+            "locations": [record.location for record in records],
+            "primaries": [record.primary for record in records],
+            "paths": [record.path for record in records],
+            "dirs": [posixpath.dirname(record.path) for record in records],
+            "names": [posixpath.basename(record.path) for record in records],
+            "storages": [record.storage for record in records],
+            "sizes": [record.size for record in records],
+            "sha256s": [record.sha256 for record in records],
+            "keys": list(entry.data_id),
+            "values": [key_value(value) for value in entry.data_id.values()],
+            "parents": [parent for parent, _ in directories],
+            "dirnames": [name for _, name in directories],
+        }
+        self._run(_ADD, parameters)
         self._changed = True
         self._added.add(entry.txid)
 
@@ -435,10 +440,7 @@ class PostgresWriter:
                 "commit",
             )
         try:
-            with connection.pipeline():
-                if self._changed:
-                    connection.execute("SELECT pg_notify(%s, '')", (self._registry.channel,))
-                connection.execute("COMMIT")
+            connection.execute(self._registry.notify_and_commit if self._changed else "COMMIT")
         except psycopg.Error as exc:
             raise database_error(exc, self._registry.address, "commit") from None
         self.done = True
