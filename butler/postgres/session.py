@@ -31,7 +31,7 @@ import os
 import threading
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import psycopg
 
@@ -61,6 +61,9 @@ class Session:
         self._owner: tuple[int, str] | None = None  # (pid, tag)
         self.holding = 0  # depth of the repository lock held on this connection
         self._closer: weakref.finalize[[Connection, int], Session] | None = None
+        #: Makes the owner's file again (another process may have swept it while this
+        #: session was lost and the tag looked dead).
+        self.owner_file: Callable[[str], None] | None = None
 
     def connection(self) -> Connection:
         """The session's connection (the caller holds :attr:`lock`), opened again if it
@@ -88,6 +91,8 @@ class Session:
         self._closer.atexit = False
         if self._owner is not None and self._owner[0] == os.getpid():
             self._advisory("pg_advisory_lock", lock_key(self.schema, "owner", self._owner[1]))
+            if self.owner_file is not None:
+                self.owner_file(self._owner[1])
         return connection
 
     def _drop(self) -> None:
@@ -168,16 +173,20 @@ class DatabaseLocks:
             tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             session.take(lock_key(session.schema, "owner", tag))
             session._owner = (os.getpid(), tag)
-            try:
-                fd = self._root.open(layout.owner_lock(tag), os.O_WRONLY | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise RepositoryError(
-                    f"cannot make the owner file of repository {self._root.path}: "
-                    f"{exc.strerror}; check that its .butler directory is writable",
-                    errno=exc.errno,
-                ) from None
-            os.close(fd)
+            session.owner_file = self._make_owner_file
+            self._make_owner_file(tag)
             return tag
+
+    def _make_owner_file(self, tag: str) -> None:
+        try:
+            fd = self._root.open(layout.owner_lock(tag), os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot make the owner file of repository {self._root.path}: "
+                f"{exc.strerror}; check that its .butler directory is writable",
+                errno=exc.errno,
+            ) from None
+        os.close(fd)
 
     def owner_alive(self, tag: str) -> bool:
         """Does the process that owns ``tag`` (on any host) still hold its lock?"""
