@@ -298,14 +298,20 @@ def run_writers(root: Path, outputs: list[list[Path]], count: int) -> float:
         )
         for worker, each in enumerate(outputs)
     ]
-    while len(list(rendezvous.glob("ready-*"))) < len(processes):
-        if any(p.poll() not in (None, 0) for p in processes):
-            raise RuntimeError("a writer failed to start")
-        time.sleep(0.01)
-    (rendezvous / "go").touch()
-    for process in processes:
-        if process.wait() != 0:
-            raise RuntimeError("a writer failed")
+    try:
+        while len(list(rendezvous.glob("ready-*"))) < len(processes):
+            if any(p.poll() not in (None, 0) for p in processes):
+                raise RuntimeError("a writer failed to start")
+            time.sleep(0.01)
+        (rendezvous / "go").touch()
+        for process in processes:
+            if process.wait() != 0:
+                raise RuntimeError("a writer failed")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     # From the first put begun to the last put returned (not the processes' exits).
     spans = [
         tuple(map(float, (rendezvous / f"done-{w}").read_text().split()))

@@ -318,6 +318,49 @@ def test_an_sqlite_writer_does_take_a_flock(tmp_path: Path) -> None:
         assert any("FLOCK" in line for line in locks_of(writer.pid)), locks_of(writer.pid)
 
 
+# Each round opens the outputs afresh (a new owner tag, and recovery, which removes dead
+# writers' staged files) and puts once: writers starting while others recover.
+FRESH_WRITER = r"""
+import sys
+from butler import Butler
+
+worker, rounds, *outputs = sys.argv[1:]
+for n in range(int(rounds)):
+    with Butler(outputs=outputs) as butler:
+        butler.put({"worker": int(worker), "n": n}, "visitInfo", visit=1000 * int(worker) + n)
+"""
+
+
+@pytest.mark.parametrize("registry", ["sqlite", "postgresql"])
+def test_writers_starting_while_others_recover_lose_no_staged_file(
+    tmp_path: Path, postgres: Cluster, registry: str
+) -> None:
+    """Recovery removes only dead writers' staged files, even those of a writer that
+    started meanwhile (its owner appeared after the recovery looked for owners)."""
+    url = postgres.url() if registry == "postgresql" else "sqlite"
+    outputs = [create(tmp_path / name, url) for name in ("A", "B")]
+    workers, rounds = 8, 12
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", FRESH_WRITER, str(w), str(rounds), *map(str, outputs)],
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
+    failures = []
+    for writer in writers:
+        out, err = writer.communicate(timeout=300)
+        if writer.returncode != 0:
+            failures.append(err.strip().splitlines()[-1] if err.strip() else out)
+    assert not failures, failures
+    for root in outputs:
+        with Butler(root) as butler:
+            assert len(butler.query("visitInfo")) == workers * rounds
+
+
 # --- the server going away --------------------------------------------------------------
 
 
