@@ -124,9 +124,13 @@ class PostgresRegistry:
         self._sql: dict[str, str] = {}
         self._key = lock_key(schema, "repository")
         self.channel = channel(schema)
-        self._begin = (
-            "BEGIN; SET LOCAL synchronous_commit = off; "
-            f"SELECT pg_advisory_xact_lock({int(self._key)})"
+        #: How a write transaction begins, sent with its first statement (one round trip).
+        #: Not flushed by itself: the put's journal stays until sync() (settling, batched),
+        #: as SQLite's synchronous=NORMAL; see the module docstring.
+        self.begin: tuple[tuple[str, tuple[object, ...]], ...] = (
+            ("BEGIN", ()),
+            ("SET LOCAL synchronous_commit = off", ()),
+            ("SELECT pg_advisory_xact_lock(%s)", (self._key,)),
         )
         notify = sql.SQL("SELECT pg_notify({}, ''); COMMIT").format(sql.Literal(self.channel))
         self.notify_and_commit = notify.as_string()
@@ -262,21 +266,12 @@ class PostgresRegistry:
         """A write transaction on the session, rolled back unless committed."""
         session = self._session
         with session.lock:
-            connection = session.connection()
-            try:
-                # One round trip (several statements, no parameters).  Not flushed by itself:
-                # the put's journal stays until sync() (settling, batched), as SQLite's
-                # synchronous=NORMAL; see the module docstring.
-                connection.execute(self._begin)
-            except psycopg.Error as exc:
-                _rollback(connection)
-                raise database_error(exc, self.address, "start a write") from None
-            transaction = PostgresWriter(self, connection)
+            transaction = PostgresWriter(self, session.connection())
             try:
                 yield transaction
             finally:
-                if not transaction.done:
-                    _rollback(connection)
+                if transaction.begun and not transaction.done:
+                    _rollback(transaction.connection)
 
     def insert_many(self, entries: Iterable[PutEntry]) -> None:
         """Record many puts in one transaction, by COPY (bulk fills: benchmarks, moves)."""
@@ -314,6 +309,7 @@ class PostgresWriter:
     def __init__(self, registry: PostgresRegistry, connection: Connection) -> None:
         self._registry = registry
         self._connection = connection
+        self.begun = False  # BEGIN goes with the first statement (see _run)
         self.done = False
         self._changed = False
         #: Answers this transaction knows without asking again (the repository lock keeps
@@ -324,10 +320,26 @@ class PostgresWriter:
     def _run(
         self, template: str, parameters: Sequence[object] | Mapping[str, object] = ()
     ) -> psycopg.Cursor[Any]:
+        query = self._registry.q(template)
         try:
-            return self._connection.execute(self._registry.q(template), parameters)
+            if self.begun:
+                return self._connection.execute(query, parameters)
+            self.begun = True
+            with self._connection.pipeline():  # the transaction's start, in the same trip
+                for statement, arguments in self._registry.begin:
+                    self._connection.execute(statement, arguments)
+                cursor = self._connection.execute(query, parameters)
+            return cursor
         except psycopg.Error as exc:
             raise database_error(exc, self._registry.address, "record the change") from None
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
+
+    def _begin_now(self) -> None:
+        if not self.begun:
+            self._run("SELECT 1")
 
     def max_version(self, dataset_type: str, data_id: str) -> int:
         known = self._max.get((dataset_type, data_id))
@@ -394,6 +406,7 @@ class PostgresWriter:
 
     def _add_batch(self, entries: list[PutEntry]) -> None:
         self._max.clear()
+        self._begin_now()
         try:
             _bulk_add(self._connection, self._registry.q, entries)
         except psycopg.Error as exc:
@@ -432,6 +445,9 @@ class PostgresWriter:
 
     def commit(self) -> None:
         connection = self._connection
+        if not self.begun:  # nothing was asked or changed: nothing to commit
+            self.done = True
+            return
         if connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
             # Failed (or never began): a COMMIT now would only roll back, and succeed.
             raise database_error(
