@@ -5,9 +5,10 @@ PYTHON_BASE ?= /usr/bin/python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # systemd only for systemd-analyze (tests check the unit files), strace for benchmarks,
-# dpkg-dev for tools/build-passthrough.sh (apt-get source, dpkg-source).
+# dpkg-dev for tools/build-passthrough.sh (apt-get source, dpkg-source); postgresql for
+# the tests' throwaway PostgreSQL cluster (tests/pg.py).
 SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev rsync attr \
-	systemd strace dpkg-dev
+	systemd strace dpkg-dev postgresql
 
 .PHONY: all setup system venv test lint typecheck pytest stress demo bench install clean
 
@@ -29,7 +30,7 @@ $(VENV)/.installed: pyproject.toml tools/build-passthrough.sh patches/pyfuse3-pa
 	test -x $(PY) || $(PYTHON_BASE) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	tools/build-passthrough.sh $(VENV)  # patched pyfuse3 + libfuse 3.17: docs/passthrough.md
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,postgres]'
 	touch $@
 
 lint: setup

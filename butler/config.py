@@ -24,7 +24,7 @@ from butler import yamlio
 from butler.errors import ConfigError, RepositoryError
 
 FORMAT_VERSION = 1
-CONFIG_KEYS = ("butler", "label", "parents", "policy")
+CONFIG_KEYS = ("butler", "label", "parents", "policy", "registry", "schema")
 #: A butler.yaml of 10,000 dataset types is about 3 MB; more is not a configuration
 #: (and a file that never ends, a device behind a symlink, must not be read whole).
 MAX_CONFIG_BYTES = 16 * 2**20
@@ -228,6 +228,9 @@ def parse_repository_config(data: object, source: str) -> RepositoryConfig:
             fail(source, "a top-level key", key, f"one of {', '.join(CONFIG_KEYS)}")
     check_unknown_keys(data, CONFIG_KEYS, source, "at the top")
     label = data.get("label")
+    for key in ("registry", "schema"):  # checked in full by butler.postgres when used
+        if data.get(key) is not None and not isinstance(data.get(key), str):
+            fail(source, key, data.get(key), "a string (registry: postgresql://HOST/DB)")
     parents = expect_list(data.get("parents"), source, "parents", "a list of paths")
     policy = expect_mapping(
         data.get("policy"), source, "policy", "a mapping (genres, datasetTypes, on_exists)"

@@ -164,6 +164,10 @@ class Root:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:  # a repository dropped unclosed must not keep its directory
+        with contextlib.suppress(Exception):
+            self.close()
+
     def absolute(self, relative: str) -> str:
         """For messages and for tools that need a name; never opened by the butler itself."""
         return os.path.join(self.path, relative)

@@ -26,10 +26,22 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
+from typing import Protocol
 
 from butler import layout
 from butler.confine import Root
 from butler.errors import RepositoryError, os_error_text
+
+
+class Locks(Protocol):
+    """What the write protocol asks of a repository's locks, whatever answers it:
+    :class:`FileLocks` here, ``butler.postgres.session.DatabaseLocks`` for a
+    PostgreSQL-registered repository."""
+
+    def repository(self) -> contextlib.AbstractContextManager[None]: ...
+    def owner(self) -> str: ...
+    def owner_alive(self, tag: str) -> bool: ...
+    def release(self) -> None: ...
 
 
 def _lock_error(exc: OSError, what: str, root: Root) -> RepositoryError:
@@ -123,6 +135,10 @@ class FileLocks:
                 os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:  # dropped unclosed: its descriptors go, and its tag dies
+        with contextlib.suppress(Exception):
+            self.release()
+
 
 def _held(root: Root, relative: str) -> bool:
     """Is the lock file ``relative`` held by someone (False if it is gone)?"""
@@ -139,7 +155,7 @@ def _held(root: Root, relative: str) -> bool:
     return False
 
 
-def sweep_owner_files(root: Root, locks: FileLocks) -> set[str]:
+def sweep_owner_files(root: Root, locks: Locks) -> set[str]:
     """Remove the lock files of dead owners (and their half-made ones); live owners' tags."""
     alive: set[str] = set()
     for name in root.listdir(layout.STAGING):

@@ -242,10 +242,14 @@ def _roll_back_torn(repo: DataRepository, txid: str) -> Action:
 
 def remove_orphans(repo: DataRepository, keep: set[str]) -> list[Action]:
     """Remove staged files of dead writers that never prepared (no journal)."""
+    # Staged names first: a writer makes its owner file before it stages anything, so
+    # each owner of a name listed here is seen by the sweep that follows.  (The other
+    # order removed the staged files of a writer that started between the two listings.)
+    staged = repo.root.listdir(layout.STAGING)
     alive = sweep_owner_files(repo.root, repo.locks)
     journals = {layout.txid_of(name) for name in repo.root.listdir(layout.JOURNAL)}
     removed = 0
-    for name in repo.root.listdir(layout.STAGING):
+    for name in staged:
         owner = layout.owner_of_staged(name)
         if owner is None:
             continue

@@ -122,10 +122,21 @@ class RegistryWriter(Protocol):
     def current(self, dataset_type: str, data_id: str) -> list[Row]: ...
     def has_transaction(self, txid: str) -> bool: ...
     def add(self, entry: PutEntry, fresh: bool = False) -> None: ...
+    def add_many(self, entries: Iterable[PutEntry]) -> None: ...
     def remove(self, entry: RemovalEntry) -> None: ...
     def clear(self) -> None: ...
     def savepoint(self) -> contextlib.AbstractContextManager[None]: ...
     def commit(self) -> None: ...
+
+
+class Notices(Protocol):
+    """Changes pushed by an engine that has them (PostgreSQL's LISTEN): wait until
+    ``fileno()`` is readable, then ``drain()`` (how many arrived; raises a ButlerError
+    once the connection is lost).  The caller closes it."""
+
+    def fileno(self) -> int: ...
+    def drain(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class Registry(Protocol):
@@ -154,6 +165,7 @@ class Registry(Protocol):
     def is_empty(self) -> bool: ...
     def change_seq(self) -> int: ...
     def changes_since(self, seq: int) -> list[str]: ...
+    def notices(self) -> Notices | None: ...
     def writer(self) -> contextlib.AbstractContextManager[RegistryWriter]: ...
     def insert_many(self, entries: Iterable[PutEntry]) -> None: ...
     def sync(self) -> None: ...
@@ -453,6 +465,10 @@ class SQLiteRegistry:
     def is_empty(self) -> bool:
         return not self._execute("SELECT 1 FROM datasets LIMIT 1")
 
+    def notices(self) -> None:
+        """None: SQLite pushes nothing; watchers compare :meth:`change_seq`."""
+        return None
+
     # -- writes --------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -481,8 +497,7 @@ class SQLiteRegistry:
     def insert_many(self, entries: Iterable[PutEntry]) -> None:
         """Record many puts in one transaction (bulk fills: benchmarks, rebuilds)."""
         with self.writer() as writer:
-            for entry in entries:
-                writer.add(entry)
+            writer.add_many(entries)
             writer.commit()
 
 
@@ -585,6 +600,10 @@ class _SQLiteWriter:
             )
         except sqlite3.Error as exc:
             raise registry_error(exc, self._path, "record the change") from exc
+
+    def add_many(self, entries: Iterable[PutEntry]) -> None:
+        for entry in entries:
+            self.add(entry)
 
     def remove(self, entry: RemovalEntry) -> None:
         """Hide version ``entry.version`` (the current one) from reads; it stays readable by

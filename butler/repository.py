@@ -22,7 +22,7 @@ import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from butler import layout, yamlio
 from butler.config import FORMAT_VERSION, check_label, load_repository_config
@@ -38,10 +38,13 @@ from butler.errors import (
 )
 from butler.group import GroupCommit
 from butler.journal import new_txid
-from butler.locks import FileLocks
+from butler.locks import FileLocks, Locks
 from butler.policy import DatasetTypeDef, Policy
 from butler.registry import Registry, Row, SQLiteRegistry
 from butler.settle import Settlement
+
+if TYPE_CHECKING:
+    from butler.postgres import Database
 
 CONFIG_NAME = layout.CONFIG
 REGISTRY_NAME = layout.REGISTRY
@@ -67,7 +70,9 @@ class DataRepository:
             ) from None
         self.internal = self.path / INTERNAL
         self._load_config()
-        self.locks = FileLocks(self.root)
+        #: The PostgreSQL registry's database (``registry:`` in butler.yaml), else None.
+        self.database = _database_of(self.config, self.label, self.root, self.path)
+        self.locks: Locks = FileLocks(self.root) if self.database is None else self.database.locks
         self._registry: Registry | None = None
         self.settlement = Settlement(self.root, lambda: self.registry)
         #: What recovery could not do here (shown by the mount's status, and verify).
@@ -184,9 +189,26 @@ class DataRepository:
         label: str | None = None,
         policy: Mapping[str, object] | None = None,
         parents: Sequence[str | os.PathLike[str]] = (),
+        registry: str | None = None,
+        schema: str | None = None,
     ) -> DataRepository:
-        """Create a repository at ``path`` (which must not exist or be an empty directory)."""
+        """Create a repository at ``path`` (which must not exist or be an empty directory).
+
+        ``registry``: ``postgresql://HOST/DB`` keeps its registry in PostgreSQL, in a
+        schema of its own (``schema``, default named from the label); None: the
+        ``BUTLER_REGISTRY`` environment variable if set, else SQLite (``"sqlite"``).
+        """
         root = Path(path).expanduser().resolve()
+        if registry is None:
+            registry = os.environ.get("BUTLER_REGISTRY", "").strip() or None
+        if registry == "sqlite":
+            registry = None
+        if schema is not None and registry is None:
+            raise ConfigError("a schema is given but no PostgreSQL registry; give registry= too")
+        if registry is not None:
+            from butler.postgres import check_url  # only now: psycopg is an extra
+
+            check_url(registry, "registry")
         if (root / CONFIG_NAME).exists():
             raise RepositoryError(f"{root} is already a repository; open it with Butler({root!s})")
         if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -211,7 +233,13 @@ class DataRepository:
             "parents": relative_parents,
             "policy": dict(policy or {}),
         }
-        SQLiteRegistry(root / REGISTRY_NAME, create=True).close()
+        if registry is None:
+            SQLiteRegistry(root / REGISTRY_NAME, create=True).close()
+        else:
+            from butler.postgres import create_schema  # only now: psycopg is an extra
+
+            config["registry"] = registry
+            config["schema"] = create_schema(registry, schema, str(config["label"]), str(root))
         # butler.yaml last: a repository is one only once everything else is there.
         staged = root / layout.staged(f"create-{os.getpid()}.yaml")
         staged.write_text(yamlio.dumps(config), encoding="utf-8")
@@ -227,6 +255,8 @@ class DataRepository:
         return self._registry
 
     def _open_registry(self) -> Registry:
+        if self.database is not None:
+            return self.database.open_registry(self.label, str(self.path), self.has_records())
         path = self.path / REGISTRY_NAME
         try:
             found = self.root.lstat(REGISTRY_NAME)
@@ -254,9 +284,15 @@ class DataRepository:
         registry = self.registry
         if registry.is_empty() and self.has_records():
             raise RegistryDamagedError(
-                f"registry {self.path / REGISTRY_NAME} is empty but the repository holds "
+                f"registry {self.registry_name()} is empty but the repository holds "
                 f"records of its datasets; run 'butler reindex {self.path}' to rebuild it"
             )
+
+    def registry_name(self) -> str:
+        """Where the registry is, for messages: its file, or its PostgreSQL schema."""
+        if self.database is not None:
+            return self.database.describe()
+        return str(self.path / REGISTRY_NAME)
 
     def has_records(self) -> bool:
         try:
@@ -335,6 +371,19 @@ def _settle_open_repositories() -> None:
     for repo in list(_open_repositories):
         with contextlib.suppress(Exception):
             repo.settlement.settle_all()
+        with contextlib.suppress(Exception):
+            repo.locks.release()  # after settling: a database session closes cleanly
+
+
+def _database_of(
+    config: Mapping[str, object], label: str, root: Root, path: Path
+) -> Database | None:
+    """The PostgreSQL database ``butler.yaml`` names (psycopg imported only then)."""
+    if config.get("registry") in (None, "sqlite") and config.get("schema") is None:
+        return None
+    from butler.postgres import database
+
+    return database(dict(config), label, root, str(path / CONFIG_NAME))
 
 
 def is_repository(path: str | os.PathLike[str]) -> bool:

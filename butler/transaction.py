@@ -211,18 +211,22 @@ def _commit(repos: Sequence[DataRepository], batch: list[_Put]) -> None:
     savepoint, so one that fails is undone alone; every request ends done."""
     try:
         with contextlib.ExitStack() as stack:
-            for repo in repos:
-                stack.enter_context(repo.locks.repository())
-                stack.enter_context(repo.root.keeping_directories())
             locked: dict[Path, Locked] = {}
-            for repo in repos:
-                try:
+            # Every lock first, then every registry writer.  A lock that cannot be taken
+            # (a registry server gone) fails the batch before the commit point, like any
+            # other failure there: the staged files go.
+            repo = repos[0]
+            try:
+                for repo in repos:
+                    stack.enter_context(repo.locks.repository())
+                    stack.enter_context(repo.root.keeping_directories())
+                for repo in repos:
                     locked[repo.path] = Locked.open(stack, repo)
-                except Exception as exc:
-                    for request in batch:
-                        discard([], request.staged)
-                        request.fail(_failed(exc, repo, f"{request.what} failed while preparing"))
-                    return
+            except Exception as exc:
+                for request in batch:
+                    discard([], request.staged)
+                    request.fail(_failed(exc, repo, f"{request.what} failed while preparing"))
+                return
             live = _prepare(batch, locked)
             if live:
                 _commit_point(live)

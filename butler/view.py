@@ -39,7 +39,7 @@ from butler.errors import (
     ReadOnlyError,
 )
 from butler.policy import DatasetTypeDef
-from butler.registry import Row, canonical_data_id
+from butler.registry import Notices, Row, canonical_data_id
 from butler.resolver import DatasetRef, Member, Resolver
 from butler.template import DataId, Template
 
@@ -593,6 +593,31 @@ class View:
     def token(self) -> tuple[int, ...]:
         """Cheap: one indexed MAX() per repository.  Compare with an earlier token."""
         return tuple(m.repo.registry.change_seq() for m in self._members)
+
+    def notices(self) -> list[Notices] | None:
+        """A listening connection per repository when every one pushes its changes
+        (PostgreSQL), else None: compare :meth:`token` instead.  The caller closes them;
+        :meth:`member_paths` tells when they no longer cover the view."""
+        found: list[Notices] = []
+        try:
+            for member in self._members:
+                notices = member.repo.registry.notices()
+                if notices is None:
+                    break
+                found.append(notices)
+            else:
+                return found
+        except BaseException:
+            for notices in found:
+                notices.close()
+            raise
+        for notices in found:
+            notices.close()
+        return None
+
+    def member_paths(self) -> tuple[str, ...]:
+        """The repositories :meth:`token` and :meth:`notices` cover (asks no registry)."""
+        return tuple(str(m.repo.path) for m in self._members)
 
     def changes_since(self, token: tuple[int, ...]) -> tuple[tuple[int, ...], list[str]]:
         """(new token, paths whose entries changed) — union, .repos and .versions paths."""

@@ -34,7 +34,7 @@ from butlerfs.access import Access
 from butlerfs.attributes import Owner
 from butlerfs.handles import HandleTable
 from butlerfs.inodes import InodeTable
-from butlerfs.live import Invalidator, poll_changes
+from butlerfs.live import Invalidator, watch_changes
 from butlerfs.logbook import Logbook
 from butlerfs.operations import Operations
 from butlerfs.scratch import ScratchArea
@@ -263,7 +263,7 @@ async def _serve(
         nursery.start_soon(_fuse_main, nursery.cancel_scope)
         await nursery.start(_signals, tree, invalidator)
         nursery.start_soon(invalidator.run)
-        nursery.start_soon(poll_changes, tree, invalidator)
+        nursery.start_soon(watch_changes, tree, invalidator)
         # The mount is live once it answers: only then may `mount` return.
         try:
             await trio.to_thread.run_sync(os.stat, config.mountpoint)

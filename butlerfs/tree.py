@@ -493,6 +493,15 @@ class Tree:
         self._forget_absent(paths)
         return paths
 
+    def forget_cached(self) -> None:
+        """Drop the entries and listings kept in memory: nothing tells of changes any more
+        (the registry's notices stopped), so each is asked for again, and fails (EIO,
+        logged) while the registry cannot answer."""
+        self.cache.clear()
+        self._listings.clear()
+        self._status = None
+        self._forget_absent(list(self._absent))
+
     async def reload(self) -> None:
         """Open the source again (SIGHUP): new repositories, policies, labels."""
         async with self.lock:

@@ -22,6 +22,14 @@ def add_json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+def add_registry_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--registry", metavar="URL", help=what)
+    parser.add_argument(
+        "--schema",
+        help="the PostgreSQL schema of the registry (default: butler_<label>, numbered if taken)",
+    )
+
+
 def add_data_id_arguments(parser: argparse.ArgumentParser) -> None:
     add_source(parser)
     parser.add_argument("dataset_type", metavar="DATASETTYPE")

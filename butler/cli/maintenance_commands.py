@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from butler.cli.arguments import add_json_option, add_source
+from butler.cli.arguments import add_json_option, add_registry_options, add_source
 from butler.cli.messages import plural
 from butler.cli.output import print_json, size_text
 
@@ -69,6 +69,11 @@ def run_repair(args: argparse.Namespace) -> int:
 
 def reindex_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("repo", metavar="REPO")
+    add_registry_options(
+        parser,
+        "move the registry to this engine: postgresql://HOST/DATABASE "
+        "(a new schema there) or 'sqlite'; stop writers and mounts first",
+    )
     add_json_option(parser)
 
 
@@ -79,7 +84,7 @@ def run_reindex(args: argparse.Namespace) -> int:
     from butler.progress import ProgressBar
 
     with ProgressBar("reindex") as bar:
-        report = reindex(args.repo, progress=bar)
+        report = reindex(args.repo, progress=bar, registry=args.registry, schema=args.schema)
     if args.json:
         print_json(dataclasses.asdict(report))
         return 0
@@ -87,6 +92,10 @@ def run_reindex(args: argparse.Namespace) -> int:
         print(f"adopted: {path}")
     for path in report.ignored:
         print(f"ignored (matches no template): {path}")
+    if report.moved_to:
+        print(f"moved the registry to {report.moved_to}")
+    if report.left_behind:
+        print(f"the old registry: {report.left_behind}")
     print(
         f"reindexed {args.repo}: {plural(report.records, 'record')}, "
         f"{plural(report.removals, 'removal')}, {len(report.adopted)} adopted, "

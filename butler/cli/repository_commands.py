@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from butler.cli.arguments import add_json_option, add_source, open_butler
+from butler.cli.arguments import add_json_option, add_registry_options, add_source, open_butler
 from butler.cli.messages import CommandError
 from butler.cli.output import print_json, print_table
 
@@ -34,6 +34,12 @@ def create_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="a parent repository, read after this one; repeatable, depth-first order",
     )
+    add_registry_options(
+        parser,
+        "keep the registry in PostgreSQL (postgresql://HOST/DATABASE; "
+        "credentials through ~/.pgpass or PGSERVICE, never here) or "
+        "'sqlite' (the default, unless BUTLER_REGISTRY says otherwise)",
+    )
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -47,9 +53,16 @@ def run_create(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"parent {parent} is not a butler repository; create it first or fix the path"
             )
-    repo = DataRepository.create(args.repo, label=args.label, policy=policy, parents=args.parents)
+    repo = DataRepository.create(
+        args.repo,
+        label=args.label,
+        policy=policy,
+        parents=args.parents,
+        registry=args.registry,
+        schema=args.schema,
+    )
     repo.close()
-    print(f"created repository {repo.label} at {repo.path}")
+    print(f"created repository {repo.label} at {repo.path} (registry: {repo.registry_name()})")
     return 0
 
 

@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from astropy.io import fits
 
 from butler import DataRepository, DatasetRef
+from tests.conftest import Engine
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,11 +88,14 @@ MakeRepo = Callable[..., Path]
 
 
 @pytest.fixture
-def make_repo(tmp_path: Path) -> MakeRepo:
+def make_repo(tmp_path: Path, engine: Engine) -> MakeRepo:
     """``make_repo("A", policy=..., label=..., parents=...)`` creates tmp_path/A and returns it.
 
     ``name`` may contain slashes (``"site/A"``); the parent directories are made first.
+    Its registry is the ``engine``'s (tests/conftest.py): SQLite unless the test module
+    is marked ``engines``.
     """
+    made = 0
 
     def make(
         name: str,
@@ -101,7 +106,10 @@ def make_repo(tmp_path: Path) -> MakeRepo:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
         chosen = copy.deepcopy(STANDARD_POLICY) if policy is None else policy
-        DataRepository.create(path, label=label, policy=chosen, parents=parents)
+        nonlocal made
+        registry = engine.registry(made)
+        made += 1
+        DataRepository.create(path, label=label, policy=chosen, parents=parents, registry=registry)
         settle()
         assert (path / "butler.yaml").is_file(), (
             f"DataRepository.create wrote no {path}/butler.yaml"
@@ -169,15 +177,56 @@ def _is_internal(relative: Path) -> bool:
     return relative.parts[0] == ".butler"
 
 
+def postgres_registry(root: Path) -> tuple[str, str] | None:
+    """(URL, schema) of a repository whose registry is in PostgreSQL, else None."""
+    config = yaml.safe_load((root / "butler.yaml").read_text())
+    url = config.get("registry")
+    if not url or url == "sqlite":
+        return None
+    return str(url), str(config["schema"])
+
+
+def registry_name(root: Path) -> str:
+    """The key under which :func:`tree_bytes` holds the registry's content."""
+    return "registry.sqlite3" if postgres_registry(root) is None else "registry (postgresql)"
+
+
+def drop_registry(root: Path) -> None:
+    """Lose the registry: delete registry.sqlite3*, or drop the PostgreSQL schema."""
+    found = postgres_registry(root)
+    if found is None:
+        for registry_file in root.glob("registry.sqlite3*"):
+            registry_file.unlink()
+        return
+    from tests.pg import drop_schema
+
+    drop_schema(*found)
+
+
+def registry_exists(root: Path) -> bool:
+    found = postgres_registry(root)
+    if found is None:
+        return (root / "registry.sqlite3").is_file()
+    from tests.pg import schema_exists
+
+    return schema_exists(*found)
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` with its bytes: what "byte-for-byte unchanged" compares.
 
     Left out, because they carry no data: ``.butler/`` (locks, staging), SQLite's
     shared-memory index (``-shm``) and an empty write-ahead log, which SQLite may create
-    for a mere reader.  A non-empty ``-wal`` is kept: it holds writes.
+    for a mere reader.  A non-empty ``-wal`` is kept: it holds writes.  A registry in
+    PostgreSQL is included as the dump of its schema's rows, under ``registry_name``.
     """
     settle()
     result: dict[str, bytes] = {}
+    found = postgres_registry(root)
+    if found is not None:
+        from tests.pg import dump_schema
+
+        result[registry_name(root)] = dump_schema(*found)
     for path in sorted(root.rglob("*")):
         relative = path.relative_to(root)
         if not path.is_file() or _is_internal(relative) or path.name.endswith("-shm"):

@@ -32,6 +32,7 @@ ORDER = [
     "settle",
     "locks",
     "group",
+    "postgres",
     "registry",
     "journal",
     "durable",
