@@ -146,7 +146,9 @@ class Tree:
         self.cache = EntryCache()
         self._listings = ListingCache()
         self._ahead: dict[str, int] = {}  # directory → read-ahead window of its next miss
-        self._status: tuple[Hashable, bytes] | None = None
+        self._status: tuple[Hashable, dict[str, object]] | None = None
+        #: The file I/O part of .butler/status (set by butlerfs.operations).
+        self.io_status: Callable[[], dict[str, object]] = dict
         self._absent: set[str] = set()  # paths the kernel was told hold nothing
         self._absent_revision = self.view.revision
         self._pinned: OrderedDict[InodeId, Entry] = OrderedDict()
@@ -358,22 +360,28 @@ class Tree:
         raise DatasetNotFoundError(f"/{path}: no such file; {INTERNAL}/ holds status and log")
 
     async def status(self) -> bytes:
-        """The status file: made when read, again only after a change (COUNT(*) is slow)."""
+        """The status file, made when read.  The repositories' part is made again only
+        after a change (COUNT(*) is slow); the mount's part (open files, passthrough) at
+        every read."""
         known = self._status[0] if self._status is not None else None
-        key, data = await self.worker.run(self._status_if_changed, self.view, known)
-        if data is None:
+        key, found = await self.worker.run(self._status_if_changed, self.view, known)
+        if found is None:
             assert self._status is not None
-            return self._status[1]
-        self._status = (key, data)
-        return data
+            found = self._status[1]
+        else:
+            self._status = (key, found)
+        status = {**found, "mount": self._mount_status()}
+        return (json.dumps(status, indent=2) + "\n").encode()
 
-    def _status_if_changed(self, view: View, known: Hashable) -> tuple[Hashable, bytes | None]:
+    @staticmethod
+    def _status_if_changed(
+        view: View, known: Hashable
+    ) -> tuple[Hashable, dict[str, object] | None]:
         key = _listing_key(view)
-        return (key, None) if key == known else (key, self._status_bytes(view))
+        return (key, None) if key == known else (key, view.status())
 
-    def _status_bytes(self, view: View) -> bytes:
-        status = view.status()
-        status["mount"] = {
+    def _mount_status(self) -> dict[str, object]:
+        return {
             "mountpoint": self.settings.mountpoint,
             "source": self.settings.source,
             "pid": os.getpid(),
@@ -381,8 +389,8 @@ class Tree:
             "scratch": None if self.scratch.directory is None else str(self.scratch.directory),
             "log": self.settings.log_file,
             "autodefine": self.settings.autodefine,
+            **self.io_status(),
         }
-        return (json.dumps(status, indent=2) + "\n").encode()
 
     def _internal_entry(self, path: str, data: bytes) -> Entry:
         return Entry(path, False, 0o444, len(data), time.time_ns(), volatile=True)

@@ -24,6 +24,8 @@ import logging
 import os
 import posixpath
 
+import trio
+
 from butler import formats
 from butler.errors import ButlerError, DatasetNotFoundError, FormatError
 from butler.formats.base import check_start
@@ -38,6 +40,10 @@ from butlerfs.scratch import Draft, is_scratch_path
 from butlerfs.tree import Tree, dataset_paths
 
 log = logging.getLogger("butlerfs")
+
+#: A draft made for a writer that was told to look its path up again (ESTALE) is
+#: dropped if no open has claimed it after this long (the kernel retries at once).
+UNCLAIMED_SECONDS = 10.0
 
 
 class Writes:
@@ -250,6 +256,25 @@ class Writes:
             tree.changed_here(draft.path)  # the kernel's entry was the draft's
         draft.discarded = True
         await self.worker.run(scratch.close_file, draft)
+
+    async def truncate_draft(self, draft: Draft) -> None:
+        """Empty an open draft (``open`` with ``O_TRUNC``): the version it was based on is
+        never copied in."""
+        await scratch.truncate(draft, self.worker, 0)
+
+    def reclaim_unclaimed(self, draft: Draft) -> None:
+        """Drop ``draft`` later if no open claims it (a writer told ESTALE to look its path
+        up again may never come back: /proc/PID/fd/N cannot be looked up again)."""
+        trio.lowlevel.spawn_system_task(self._reclaim, draft, name="butlerfs: unclaimed draft")
+
+    async def _reclaim(self, draft: Draft) -> None:
+        await trio.sleep(UNCLAIMED_SECONDS)
+        if draft.handles or draft.discarded or draft.dirty:
+            return
+        try:
+            await self.discard(draft)
+        except Exception as exc:  # a system task must not raise: it would end the mount
+            log.warning("dropping the unclaimed draft of /%s: %s", draft.path, exc)
 
     async def truncate(self, path: str, size: int) -> Entry:
         """``truncate``/``O_TRUNC``: of a draft, in place; of a dataset, a new version now."""
