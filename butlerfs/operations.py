@@ -48,7 +48,7 @@ from butlerfs.handles import (
 from butlerfs.inodes import InodeId, InodeTable
 from butlerfs.passthrough import Passthrough
 from butlerfs.tree import Tree, is_internal_file
-from butlerfs.worker import read_cached
+from butlerfs.worker import Reader
 from butlerfs.writes import Writes
 
 #: pyfuse3 patched to pass the flushing task to ``flush`` (``flush_with_context``).
@@ -94,6 +94,7 @@ class Operations(pyfuse3.Operations):
         self.enable_passthrough = self.passthrough.requested
         #: read requests of committed datasets the daemon answered (passthrough: none).
         self.served_reads = 0
+        self.reader = Reader(tree.worker)
         tree.io_status = self._io_status
 
     def _io_status(self) -> dict[str, object]:
@@ -401,11 +402,10 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.get(FileHandleId(fh))
         if isinstance(handle, BackingFile):
             self.served_reads += 1
-            # Hot: pages the page cache holds are read at once, with no thread hop.
-            data = read_cached(handle.fd, size, off, handle.size)
-            if data is not None:
-                return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
-            return await self.tree.worker.run(os.pread, handle.fd, size, off)
+            # Hot: pages in the page cache are read at once; pages on their way from the
+            # disk are waited for on the trio thread (butlerfs.worker.Reader).
+            data = await self.reader.read(handle.fd, size, off, handle.size)
+            return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
         if isinstance(handle, Snapshot):
             return handle.data[off : off + size]
         if isinstance(handle, DraftFile):
