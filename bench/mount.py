@@ -1116,12 +1116,12 @@ class Bench:
             made = sum(len(files) for _, _, files in os.walk(output / "blob"))
             if made != 2 * plan.copies * plan.cp_runs:
                 raise RuntimeError(f"{output}: {made} files after cp, not {plan.copies}")
+        baselines: dict[int, list[tuple[str, Stats]]] = {1: [], WRITERS: []}
         self.copy_mount = mount_stats[1]
         self.copy_parallel = mount_stats[WRITERS]
 
         # Baselines, each series on its own (bench/README.md "Fairness"), new files each run.
         log("  baselines: write + fsync of each file, and cp + sync, into 2 plain dirs")
-        baselines: dict[int, list[tuple[str, Stats]]] = {1: [], WRITERS: []}
         for writers in (1, WRITERS):
             for label, copy in (
                 ("write+fsync each file, 2 plain dirs", copy_fsync_each),
@@ -1129,6 +1129,29 @@ class Bench:
             ):
                 stats = self.copy_series(self.plain_into(f"p{writers}", copy, 2, writers))
                 baselines[writers].append((label, stats))
+        # What the library alone takes for the same puts (the mount's overhead is the rest):
+        # Butler.ingest of each file, by one thread and by 8 at once (its group commit).
+        with Butler(aggregator) as butler:
+
+            def ingest_each(names: Sequence[str], visit: int) -> None:
+                for name in names:
+                    ccd = int(Path(name).stem.rpartition("-c")[2])
+                    butler.ingest(name, "blob", visit=visit, ccd=ccd)
+
+            for writers in (1, WRITERS):
+                log(f"  the library: Butler.ingest of each file, {writers} thread(s)")
+
+                def into_library(
+                    visit: int, names: list[str], writers: int = writers
+                ) -> Callable[[], object]:
+                    if writers == 1:
+                        return lambda: ingest_each(names, visit)
+                    return lambda: in_parallel(
+                        lambda share, _: ingest_each(share, visit), names, [], writers
+                    )
+
+                stats = self.copy_series(into_library)
+                baselines[writers].append(("the library: Butler.ingest of each file", stats))
         merged = self.mergerfs_copies(files)
         for writers in (1, WRITERS):
             name = f"cp {files} into 2 outputs (durable puts), {writers} writer(s)"

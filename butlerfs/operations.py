@@ -321,6 +321,10 @@ class Operations(pyfuse3.Operations):
         through_version = isinstance(handle, DraftFile) and handle.draft.inode != inode
         if through_version and self.passthrough.tracking:
             assert isinstance(handle, DraftFile)
+            if self.passthrough.passes(inode):  # a reader got a backing id meanwhile
+                self.writes.detach(handle.draft, handle.writable)
+                self.writes.reclaim_unclaimed(handle.draft)
+                raise pyfuse3.FUSEError(errno.ESTALE)  # as in _write_elsewhere
             self.passthrough.hold(inode)  # the inode's other opens: served by the daemon
             handle.counted = True
         if isinstance(handle, DraftFile) and handle.writable and flags & os.O_TRUNC:

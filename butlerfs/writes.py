@@ -163,6 +163,11 @@ class Writes:
         draft.handles += 1
         draft.writers += writable
 
+    def detach(self, draft: Draft, writable: bool) -> None:
+        """Undo :meth:`attach` of an open that is refused after all (nothing written)."""
+        draft.handles -= 1
+        draft.writers -= writable
+
     async def write(self, draft: Draft, offset: int, data: bytes) -> int:
         """Write to the draft; bytes at offset 0 must be able to begin its format's file."""
         storage = draft.content_format
