@@ -13,6 +13,7 @@ released), ``reads_served`` (read requests the daemon answered).
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import signal
@@ -26,6 +27,7 @@ import pytest
 from astropy.io import fits
 
 from butler import Butler
+from butlerfs import passthrough
 from tests.butlerfs.conftest import (
     CALEXP_1_1,
     CALEXP_3_2,
@@ -228,6 +230,34 @@ def test_writing_where_a_reader_holds_the_version_through_passthrough(
 def _drafts(mount: Mount) -> list[str]:
     scratch = mount_status(mount)["scratch"]
     return os.listdir(scratch) if scratch and os.path.isdir(scratch) else []
+
+
+# -- the decision, without a mount ------------------------------------------------------------
+
+
+def test_without_the_patched_pyfuse3_the_daemon_serves_reads(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stock pyfuse3 (no BUTLERFS_PATCH): passthrough is not asked for, no open is
+    counted, and the reason is said once; none of the patched API is called."""
+    monkeypatch.setattr(passthrough, "PATCHED", False)
+    decision = passthrough.Passthrough("auto")
+    assert not decision.requested and not decision.tracking
+    with caplog.at_level(logging.INFO, logger="butlerfs"):
+        decision.start([])
+    assert not decision.on
+    assert decision.state == f"off: {passthrough.NOT_PATCHED}"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"FUSE passthrough: off: {passthrough.NOT_PATCHED}; files are served through the daemon"
+    ]
+    assert decision.status()["passthrough"].startswith("off: pyfuse3 ")
+
+
+def test_turned_off_by_the_option() -> None:
+    decision = passthrough.Passthrough("off")
+    decision.start([])
+    assert not decision.requested and not decision.tracking
+    assert decision.state == "off: mounted with -o passthrough=off"
 
 
 # -- a daemon without CAP_SYS_ADMIN -----------------------------------------------------------
