@@ -302,6 +302,14 @@ class Daemon:
                 raise RuntimeError(f"{self.name} did not mount in {MOUNT_DEADLINE} s")
             time.sleep(0.002)
         self.startup = time.perf_counter() - start
+        if self.name == "butlerfs":
+            # Mounted is not ready: the daemon stats its mountpoint once before it says
+            # "mounted", and an unmount during that stat fails (EBUSY), leaving the daemon
+            # running.  So nothing may stop it before it has said so.
+            while " INFO mounted " not in self.log_tail(50):
+                if self.process.poll() is not None or time.perf_counter() > deadline:
+                    raise RuntimeError(f"{self.name} mounted but never said it was ready")
+                time.sleep(0.002)
         return self
 
     @property

@@ -201,6 +201,18 @@ class Mount:
         wait_for(self._mounted_or_dead, MOUNT_DEADLINE, f"the mount on {self.mountpoint}")
         if not os.path.ismount(self.mountpoint):
             pytest.fail(f"the daemon exited with {self.process.poll()}:\n{self.log()}")
+        # Mounted is not ready: the daemon stats its mountpoint before it says "mounted",
+        # and an unmount during that stat fails (EBUSY).  As `butlerfs mount` without -f
+        # does, return once it said so.
+        wait_for(
+            lambda: (
+                " INFO mounted " in self.log()
+                or self.process is None
+                or self.process.poll() is not None
+            ),
+            MOUNT_DEADLINE,
+            f"the daemon on {self.mountpoint} to say it is ready",
+        )
         return self
 
     def _mounted_or_dead(self) -> bool:
