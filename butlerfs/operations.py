@@ -405,6 +405,8 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.handles.get(FileHandleId(fh))
         if isinstance(handle, BackingFile):
+            if handle.fd < 0:  # the kernel reads a passthrough open itself, never through us
+                raise refusal(errno.EIO, f"/{handle.path}: a passthrough open was read by FUSE")
             self.served_reads += 1
             # Hot: pages in the page cache are read at once; pages on their way from the
             # disk are waited for on the trio thread (butlerfs.worker.Reader).
