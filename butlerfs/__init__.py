@@ -7,6 +7,7 @@ Layers, each module one concept; imports go downwards only (``butlerfs → butle
     systemd      sd_notify readiness for Type=notify units
     operations   the pyfuse3 handlers: thin, each asks the tree and answers
     access       who may use the mount (allow_other, allow_users)
+    passthrough  FUSE passthrough: backing ids of committed datasets read by the kernel
     live         the change poll and the kernel cache invalidations it causes
     handles      open files and directories
     attributes   entries → pyfuse3.EntryAttributes (modes, sizes, times, cache timeouts)

@@ -83,8 +83,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=[],
         metavar="OPT[,OPT...]",
         help="mount options: ro, rw, allow_other, fsname=, policy.KEY=VALUE, showmeta, "
-        "autodefine, log=FILE, xattr=notsup|nosys, ... (fstab options such as noauto, "
-        "nofail, _netdev, x-systemd.* are accepted and ignored)",
+        "autodefine, log=FILE, xattr=notsup|nosys, passthrough=auto|off, ... (fstab options "
+        "such as noauto, nofail, _netdev, x-systemd.* are accepted and ignored)",
     )
     mount.add_argument("-f", dest="foreground", action="store_true", help="stay in the foreground")
     mount.add_argument("-d", dest="debug", action="store_true", help="debug logging (implies -f)")
@@ -183,6 +183,7 @@ def _config(parsed: argparse.Namespace) -> MountConfig:
         xattr=mount_options.xattr,
         show_meta=mount_options.show_meta,
         autodefine=mount_options.autodefine,
+        passthrough=mount_options.passthrough,
         log_file=None
         if mount_options.log_file is None
         else os.path.abspath(mount_options.log_file),

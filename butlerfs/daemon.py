@@ -21,6 +21,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyfuse3
 import trio
@@ -28,6 +29,7 @@ import trio
 from butler import Butler
 from butler.aggregator import MemberItem
 from butler.errors import ButlerError, ConfigError
+from butler.layout import CONFIG
 from butler.view import View
 from butlerfs import systemd
 from butlerfs.access import Access
@@ -37,6 +39,7 @@ from butlerfs.inodes import InodeTable
 from butlerfs.live import Invalidator, watch_changes
 from butlerfs.logbook import Logbook
 from butlerfs.operations import Operations
+from butlerfs.passthrough import Passthrough
 from butlerfs.scratch import ScratchArea
 from butlerfs.tree import Settings, Tree
 from butlerfs.worker import Worker
@@ -70,6 +73,7 @@ class MountConfig:
     show_meta: bool = False  # -o showmeta
     autodefine: bool = False  # -o autodefine
     log_file: str | None = None  # where the log goes, shown in .butler/status
+    passthrough: str = "auto"  # -o passthrough=MODE (butlerfs.passthrough.MODES)
 
     @property
     def fsname(self) -> str:
@@ -161,8 +165,15 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         logbook,
     )
     owner = Owner(os.getuid(), os.getgid())
+    passthrough = Passthrough(config.passthrough)
     operations = Operations(
-        tree, inodes, HandleTable(), owner, Access(config.allowed_uids), config.xattr
+        tree,
+        inodes,
+        HandleTable(),
+        owner,
+        Access(config.allowed_uids),
+        config.xattr,
+        passthrough,
     )
     # Signals wait (blocked) until the trio loop can take them: a SIGTERM between mount
     # and loop must still unmount cleanly.
@@ -180,7 +191,7 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         raise StartupError(f"cannot mount on {config.mountpoint}: {reason}")
     _tune_garbage_collector()
     try:
-        failure = trio.run(_serve, config, tree, invalidator, ready)
+        failure = trio.run(_serve, config, tree, invalidator, passthrough, ready)
     finally:
         systemd.notify_stopping()
         pyfuse3.close(unmount=True)
@@ -190,6 +201,11 @@ def serve(config: MountConfig, ready: Callable[[], None]) -> None:
         log.info("unmounted %s", config.mountpoint)
     if failure is not None:
         raise failure
+
+
+def _probe_files(view: View) -> list[Path]:
+    """Files on the repositories' file systems to try passthrough with (their config)."""
+    return [path / CONFIG for _, path in view.repository_paths()]
 
 
 def _raise_file_limit() -> None:
@@ -257,7 +273,11 @@ def _unescape(field: str) -> str:
 
 
 async def _serve(
-    config: MountConfig, tree: Tree, invalidator: Invalidator, ready: Callable[[], None]
+    config: MountConfig,
+    tree: Tree,
+    invalidator: Invalidator,
+    passthrough: Passthrough,
+    ready: Callable[[], None],
 ) -> StartupError | None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_fuse_main, nursery.cancel_scope)
@@ -270,6 +290,8 @@ async def _serve(
         except OSError as exc:
             nursery.cancel_scope.cancel()
             return StartupError(f"the mount on {config.mountpoint} does not answer: {exc}")
+        # The kernel has answered INIT: whether passthrough was granted is known now.
+        passthrough.start(_probe_files(tree.view))
         ready()
         log.info("mounted %s on %s", config.fsname, config.mountpoint)
     return None

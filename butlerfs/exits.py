@@ -79,17 +79,21 @@ def _sees_exit_code(pid: int) -> bool:
         return False
 
 
-def holds_for_writing(pid: int, inode: int) -> bool:
+def holds_for_writing(pid: int, inode: int, most: int | None = None) -> bool | None:
     """Has task ``pid``'s process a descriptor open for writing on inode ``inode``?
 
     Reads ``/proc/<pid>/fdinfo/*`` (one small read per descriptor; nothing here asks
-    the mount itself, so it cannot wait for the daemon).  False when it cannot tell.
+    the mount itself, so it cannot wait for the daemon).  False when it cannot tell;
+    None when the process has more than ``most`` descriptors (the caller then asks
+    again in a worker thread, without ``most``).
     """
     directory = f"/proc/{pid}/fdinfo"
     try:
         descriptors = os.listdir(directory)
     except OSError:
         return False
+    if most is not None and len(descriptors) > most:
+        return None
     wanted = f"ino:\t{inode}\n"
     for descriptor in descriptors:
         try:

@@ -2,7 +2,8 @@
 
 Four kinds, each with what its reads need:
 
-    BackingFile   a committed dataset: an fd on the repository's file (immutable per version)
+    BackingFile   a committed dataset: an fd on the repository's file (immutable per version),
+                  or, with FUSE passthrough, the backing id the kernel reads it through
     Snapshot      bytes made by the daemon (``.butler/status``), frozen at open
     DraftFile     a file being written (see butlerfs.scratch)
     Directory     a listing, taken at the first readdir so that paging through it
@@ -24,9 +25,12 @@ FileHandleId = NewType("FileHandleId", int)
 
 @dataclass
 class BackingFile:
-    fd: int
+    fd: int  # -1 for a passthrough open: the kernel reads the file, the daemon holds no fd
     path: str
     size: int  # the committed version's: it never changes
+    inode: int = 0
+    backing_id: int = 0  # > 0: a passthrough open (butlerfs.passthrough)
+    counted: bool = False  # counted by Passthrough (its release must be told)
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DraftFile:
     opener: int = 0  # the task that opened it: whose exit a flush is judged by (no patch)
     inode: int = 0  # the kernel's inode it was opened on (the draft's, or a version's)
     wrote: bool = False  # written through this handle
+    counted: bool = False  # opened through a version's inode, counted by Passthrough
 
 
 @dataclass

@@ -46,8 +46,9 @@ from butlerfs.handles import (
     Snapshot,
 )
 from butlerfs.inodes import InodeId, InodeTable
+from butlerfs.passthrough import Passthrough
 from butlerfs.tree import Tree, is_internal_file
-from butlerfs.worker import read_cached
+from butlerfs.worker import Reader
 from butlerfs.writes import Writes
 
 #: pyfuse3 patched to pass the flushing task to ``flush`` (``flush_with_context``).
@@ -70,6 +71,7 @@ class Operations(pyfuse3.Operations):
         owner: Owner,
         access: Access,
         xattr: str = "notsup",
+        passthrough: Passthrough | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
@@ -87,6 +89,16 @@ class Operations(pyfuse3.Operations):
         # security.*, system.*, trusted.*: "not supported", which ls -l remembers.
         self._unsupported_xattr = pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self._no_xattrs = pyfuse3.FUSEError(errno.ENOSYS)
+        # FUSE passthrough (butlerfs.passthrough): asked for at INIT when it can be used.
+        self.passthrough = passthrough or Passthrough("off")
+        self.enable_passthrough = self.passthrough.requested
+        #: read requests of committed datasets the daemon answered (passthrough: none).
+        self.served_reads = 0
+        self.reader = Reader(tree.worker)
+        tree.io_status = self._io_status
+
+    def _io_status(self) -> dict[str, object]:
+        return {**self.passthrough.status(), "reads_served": self.served_reads}
 
     # -- helpers -------------------------------------------------------------
 
@@ -290,36 +302,93 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         if not writable:
             # Hot (reading many small datasets): the version this inode shows is the one the
-            # daemon has an entry for, and the kernel can open its file from its caches.
+            # daemon has an entry for, and the kernel can open its file from its caches (or
+            # the inode's open files already have a backing id).
             entry = self.tree.known(path)
             if entry is not None and entry.inode == inode and not entry.volatile:
-                fd = self._open_cached(entry)
-                if fd is not None:
-                    number = self.handles.add(BackingFile(fd, path, entry.size))
-                    return pyfuse3.FileInfo(fh=number, keep_cache=True)
+                info = self._open_known(entry)
+                if info is not None:
+                    return info
         REQUEST_PATH.set(path)
+        if writable and self.passthrough.passes(inode):
+            await self._write_elsewhere(path)
         handle = await self._open(path, InodeId(inode), writable, ctx.pid)
-        # A version never changes and has an inode of its own: the kernel may keep its
-        # pages (and mmap works, direct_io stays off).  A draft opened through a version's
-        # inode is written around the page cache (direct_io), so that the version's pages
-        # (another process may map them) never hold the draft's bytes.  The mount's own
-        # files' size is unknown until read.
+        if isinstance(handle, BackingFile):
+            return self._reading(handle)
+        # A draft opened through a version's inode is written around the page cache
+        # (direct_io), so that the version's pages (another process may map them) never
+        # hold the draft's bytes.  The mount's own files' size is unknown until read.
         through_version = isinstance(handle, DraftFile) and handle.draft.inode != inode
+        if through_version and self.passthrough.tracking:
+            assert isinstance(handle, DraftFile)
+            if self.passthrough.passes(inode):  # a reader got a backing id meanwhile
+                self.writes.detach(handle.draft, handle.writable)
+                self.writes.reclaim_unclaimed(handle.draft)
+                raise pyfuse3.FUSEError(errno.ESTALE)  # as in _write_elsewhere
+            self.passthrough.hold(inode)  # the inode's other opens: served by the daemon
+            handle.counted = True
+        if isinstance(handle, DraftFile) and handle.writable and flags & os.O_TRUNC:
+            await self._truncated(handle)
         return pyfuse3.FileInfo(
             fh=self.handles.add(handle),
-            keep_cache=isinstance(handle, BackingFile),
+            keep_cache=False,
             direct_io=isinstance(handle, Snapshot) or through_version,
         )
 
-    def _open_cached(self, entry: Entry) -> int | None:
-        """An fd on the entry's version if it can be opened without waiting, else None."""
+    async def _truncated(self, handle: DraftFile) -> None:
+        """``open(O_TRUNC)``: libfuse asks for atomic O_TRUNC, so the kernel sends no
+        truncate of its own and the open must do it (else a shorter file written over a
+        dataset would keep the old version's tail)."""
+        try:
+            await self.writes.truncate_draft(handle.draft)
+        except BaseException:
+            if handle.counted:
+                self.passthrough.release(handle.inode)
+            await self.writes.release(handle.draft, handle.writable)  # the open fails
+            raise
+
+    def _open_known(self, entry: Entry) -> pyfuse3.FileInfo | None:
+        """An open of a committed version the daemon has the entry of, answered without
+        waiting (None: it must wait for the disk, in a worker thread)."""
+        passthrough = self.passthrough
+        if passthrough.tracking and passthrough.current(entry.inode):
+            # Open through passthrough already: share the inode's backing id, no fd needed.
+            backing_id = passthrough.attach(entry.inode)
+            handle = BackingFile(-1, entry.path, entry.size, entry.inode, backing_id, True)
+            return pyfuse3.FileInfo(fh=self.handles.add(handle), backing_id=backing_id)
         ref = entry.ref
         if ref is None:
             return None
         try:
-            return self.tree.view.open_version(ref, cached=True)
+            fd = self.tree.view.open_version(ref, cached=True)
         except OSError:  # gone meanwhile: the worker finds out properly
             return None
+        if fd is None:
+            return None
+        return self._reading(BackingFile(fd, entry.path, entry.size, entry.inode))
+
+    def _reading(self, handle: BackingFile) -> pyfuse3.FileInfo:
+        """Answer a read-only open of a committed version, through passthrough if it can."""
+        passthrough = self.passthrough
+        if passthrough.tracking:
+            handle.counted = True
+            backing_id = passthrough.register(handle.inode, handle.fd)
+            if backing_id:
+                os.close(handle.fd)  # the kernel holds the file now; read-only: cannot block
+                handle.fd, handle.backing_id = -1, backing_id
+                return pyfuse3.FileInfo(fh=self.handles.add(handle), backing_id=backing_id)
+        # A version never changes and has an inode of its own: the kernel may keep its
+        # pages (and mmap works, direct_io stays off).
+        return pyfuse3.FileInfo(fh=self.handles.add(handle), keep_cache=True)
+
+    async def _write_elsewhere(self, path: str) -> None:
+        """A writer opening a version's inode that is open through passthrough: every open
+        of that inode must be a passthrough one, and a draft must never be.  So the draft
+        gets its own inode, and the kernel is told to look the path up again (ESTALE:
+        the kernel repeats the open once, with a fresh lookup, which finds the draft)."""
+        draft = await self.writes.open_for_writing(path)
+        self.writes.reclaim_unclaimed(draft)
+        raise pyfuse3.FUSEError(errno.ESTALE)
 
     async def _open(self, path: str, inode: InodeId, writable: bool, pid: int) -> Handle:
         draft = self.tree.drafts.get(path)
@@ -331,16 +400,18 @@ class Operations(pyfuse3.Operations):
         if is_internal_file(path):
             return Snapshot(await self.tree.internal_file(path))
         fd, entry = await self.tree.open_dataset(path, inode)
-        return BackingFile(fd, path, entry.size)
+        return BackingFile(fd, path, entry.size, inode)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.handles.get(FileHandleId(fh))
         if isinstance(handle, BackingFile):
-            # Hot: pages the page cache holds are read at once, with no thread hop.
-            data = read_cached(handle.fd, size, off, handle.size)
-            if data is not None:
-                return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
-            return await self.tree.worker.run(os.pread, handle.fd, size, off)
+            if handle.fd < 0:  # the kernel reads a passthrough open itself, never through us
+                raise refusal(errno.EIO, f"/{handle.path}: a passthrough open was read by FUSE")
+            self.served_reads += 1
+            # Hot: pages in the page cache are read at once; pages on their way from the
+            # disk are waited for on the trio thread (butlerfs.worker.Reader).
+            data = await self.reader.read(handle.fd, size, off, handle.size)
+            return data  # type: ignore[return-value]  # pyfuse3 takes any buffer
         if isinstance(handle, Snapshot):
             return handle.data[off : off + size]
         if isinstance(handle, DraftFile):
@@ -378,8 +449,13 @@ class Operations(pyfuse3.Operations):
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.handles.pop(FileHandleId(fh))
         if isinstance(handle, BackingFile):
-            os.close(handle.fd)  # read-only: nothing to flush, so it cannot block; no thread hop
+            if handle.fd >= 0:
+                os.close(handle.fd)  # read-only: nothing to flush, so it cannot block
+            if handle.counted:
+                self.passthrough.release(handle.inode)  # the last one: its backing id
         elif isinstance(handle, DraftFile):
+            if handle.counted:
+                self.passthrough.release(handle.inode)
             REQUEST_PATH.set(handle.draft.path)
             await self.writes.release(handle.draft, handle.writable)
 

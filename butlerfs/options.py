@@ -73,6 +73,11 @@ XATTR_MODES = ("notsup", "nosys")
 #: Accepted for fstab lines written for an older butlerfs: ``butler`` was the default.
 XATTR_ALIASES = {"butler": "notsup"}
 
+#: ``-o passthrough=MODE`` (docs/mount.md, "Reads at the kernel's speed"): ``auto`` uses
+#: FUSE passthrough for committed datasets opened for reading where the kernel grants it
+#: and the daemon may use it; ``off`` serves every read through the daemon.
+PASSTHROUGH_MODES = ("auto", "off")
+
 #: Options of butlerfs itself, without a value (docs/mount.md, "Mount options").
 #:   showmeta    the root lists .repos, .versions and .butler (hidden by default, so that
 #:               find, du and rsync see each dataset once)
@@ -91,6 +96,7 @@ class MountOptions:
     show_meta: bool = False
     autodefine: bool = False
     log_file: str | None = None  # -o log=FILE
+    passthrough: str = "auto"  # one of PASSTHROUGH_MODES
 
     @property
     def allow_other(self) -> bool:
@@ -112,6 +118,7 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
     xattr = "notsup"
     flags_given: set[str] = set()
     log_file = None
+    passthrough = "auto"
     for option in split(values):
         key, sep, value = option.partition("=")
         if option in ("ro", "rw"):
@@ -134,6 +141,13 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
                     "(see 'Mount options' in docs/mount.md)"
                 )
             xattr = value
+        elif key == "passthrough" and sep:
+            if value not in PASSTHROUGH_MODES:
+                raise ConfigError(
+                    f"passthrough={value}: give one of {', '.join(PASSTHROUGH_MODES)} "
+                    "(see 'Mount options' in docs/mount.md)"
+                )
+            passthrough = value
         elif option in FLAGS:
             flags_given.add(option)
         elif key == "log" and sep:
@@ -161,4 +175,5 @@ def parse(values: Iterable[str], fsname: str) -> MountOptions:
         show_meta="showmeta" in flags_given,
         autodefine="autodefine" in flags_given,
         log_file=log_file,
+        passthrough=passthrough,
     )

@@ -6,8 +6,12 @@ by ``mkdir`` and not yet holding a dataset (kept in memory until unmount), the
 ``.butler/status`` and ``.butler/log`` files — decides modes, and keeps the
 caches (entries, listings, remembered absences).  Every call into the library
 runs in a worker thread.  Changes (put, remove, define) are made by
-:mod:`butlerfs.writes`; they, the change poll and reload hold :attr:`Tree.lock`,
-because the Butler's policy and caches are shared by all of them.
+:mod:`butlerfs.writes`; they, the change poll and reload hold :attr:`Tree.lock`
+(a :class:`ChangeLock`): puts and removes share it, so that closes arriving
+together reach the library together (which serializes per output and commits
+what arrives together as one batch); a definition, the poll (which may reload
+a policy) and reload take it alone, because the Butler's policy and caches are
+shared by all of them.
 
     namespace   path                         writable?
     union       <template paths>             yes, if an output accepts the type
@@ -26,6 +30,7 @@ answers for an inode the kernel still holds after its path moved on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -33,7 +38,7 @@ import os
 import posixpath
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable
 from dataclasses import dataclass
 
 import trio
@@ -65,9 +70,60 @@ _AHEAD_DIRECTORIES = 1024  # directories followed; then it starts again
 #: Failed lookups the kernel may remember (see Tree.absent); beyond that, none more.
 ABSENT_LIMIT = 4096
 
+#: Union directories whose every child the daemon knows (see Tree.known_absent): names
+#: kept in all, at most (the least recently listed directory goes first), and the largest
+#: directory kept (a bigger listing is not worth holding for this).
+COMPLETE_NAMES_MOST = 200_000
+COMPLETE_DIRECTORY_MOST = 20_000
+
 #: Old versions the kernel still holds an inode of (an open file, a memory map) whose
 #: attributes were asked for: kept until the kernel forgets the inode, at most this many.
 PINNED_LIMIT = 4096
+
+
+class ChangeLock:
+    """Shared by puts and removes; exclusive for definitions, the poll and reload.
+
+    Writer-preferring: once an exclusive holder waits, new shared holders wait behind
+    it, so a stream of closes cannot hold the poll off.  Trio tasks only (one thread).
+    """
+
+    def __init__(self) -> None:
+        self._shared = 0
+        self._exclusive = False
+        self._waiting = 0  # exclusive holders waiting
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def shared(self) -> AsyncIterator[None]:
+        while self._exclusive or self._waiting:
+            await self._changed.wait()
+        self._shared += 1
+        try:
+            yield
+        finally:
+            self._shared -= 1
+            self._notify()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        self._waiting += 1
+        try:
+            while self._exclusive or self._shared:
+                await self._changed.wait()
+        finally:
+            self._waiting -= 1
+            self._notify()  # shared waiters may go on if this one gave up
+        self._exclusive = True
+        try:
+            yield
+        finally:
+            self._exclusive = False
+            self._notify()
 
 
 def _listing_key(view: View) -> Hashable:
@@ -146,14 +202,21 @@ class Tree:
         self.cache = EntryCache()
         self._listings = ListingCache()
         self._ahead: dict[str, int] = {}  # directory → read-ahead window of its next miss
-        self._status: tuple[Hashable, bytes] | None = None
+        self._status: tuple[Hashable, dict[str, object]] | None = None
+        #: The file I/O part of .butler/status (set by butlerfs.operations).
+        self.io_status: Callable[[], dict[str, object]] = dict
         self._absent: set[str] = set()  # paths the kernel was told hold nothing
         self._absent_revision = self.view.revision
         self._pinned: OrderedDict[InodeId, Entry] = OrderedDict()
         self.drafts = DraftTable()
         self.made: dict[str, set[str]] = {}  # parent → directories made by mkdir
+        # Union directory → the names of all its children, as of its listing (or mkdir),
+        # plus every name a change has touched since (see known_absent).
+        self._complete: OrderedDict[str, set[str]] = OrderedDict()
+        self._complete_names = 0
+        self._complete_revision = self.view.revision
         #: Held by every change to repositories (put, remove, define), the poll and reload.
-        self.lock = trio.Lock()
+        self.lock = ChangeLock()
         self._token = self.view.token()
         self._started_ns = time.time_ns()
 
@@ -184,6 +247,8 @@ class Tree:
             return entry
         if is_internal_file(path):
             return self._internal_entry(path, await self.internal_file(path))
+        if self.known_absent(path):
+            raise DatasetNotFoundError(f"/{path}: no such dataset or directory in this view")
         generation = self.cache.generation
         parent = path.rpartition("/")[0]
         ahead = self._ahead
@@ -294,8 +359,70 @@ class Tree:
                 entries = kept
                 break
             known = None  # evicted or replaced meanwhile (another task): list it after all
+        if generation == self.cache.generation:  # nothing changed while it was listed
+            self._keep_complete(path, [entry.name for entry in entries])
         self.cache.put_all(entries, generation)
         return entries
+
+    # -- what is known not to be there -------------------------------------------
+
+    def known_absent(self, path: str) -> bool:
+        """Is nothing committed at union path ``path``, as far as the daemon knows?
+
+        True when its directory was listed (or made by mkdir) and neither the listing nor
+        any change since (this mount's, or another process's as the poll reports it)
+        named it: a lookup before creating a file (``cp``) is then answered without a
+        thread hop or a query.  A put by another process there shows at the next poll
+        (0.3 s) or notice, as a new version of a known path does; once notices stop,
+        nothing is known complete (:meth:`forget_cached`).
+        """
+        parent, _, name = path.rpartition("/")
+        names = self._complete.get(parent)
+        if names is None or name in names:
+            return False
+        if self._complete_revision != self.view.revision:
+            self._clear_complete()  # a new policy may show anything anywhere
+            return False
+        return locate(path).area is Area.UNION  # not .repos, .versions, .butler at the root
+
+    def make_directory(self, path: str) -> None:
+        """mkdir made ``path`` (nothing was there): kept in memory, and known empty."""
+        parent, name = posixpath.split(path)
+        self.made.setdefault(parent, set()).add(name)
+        self._keep_complete(path, [])
+
+    def _keep_complete(self, path: str, names: list[str]) -> None:
+        if len(names) > COMPLETE_DIRECTORY_MOST or locate(path).area is not Area.UNION:
+            return
+        if self._complete_revision != self.view.revision:
+            self._clear_complete()
+        known = self._complete.pop(path, None)
+        if known is not None:
+            self._complete_names -= len(known)
+        self._complete[path] = set(names)
+        self._complete_names += len(names)
+        while self._complete_names > COMPLETE_NAMES_MOST:
+            _, evicted = self._complete.popitem(last=False)
+            self._complete_names -= len(evicted)
+
+    def _learn(self, paths: list[str]) -> None:
+        """Changes landed on ``paths``: each name (and its directories) may exist now."""
+        complete = self._complete
+        if not complete:
+            return
+        for path in paths:
+            while path:
+                parent, _, name = path.rpartition("/")
+                names = complete.get(parent)
+                if names is not None and name not in names:
+                    names.add(name)
+                    self._complete_names += 1
+                path = parent
+
+    def _clear_complete(self) -> None:
+        self._complete.clear()
+        self._complete_names = 0
+        self._complete_revision = self.view.revision
 
     def absent(self, path: str) -> bool:
         """After a failed lookup: may the kernel remember that nothing is at ``path``?
@@ -346,6 +473,7 @@ class Tree:
         self.notify(path)
         self.check_revision()
         self._forget_absent([path])
+        self._learn([path])
 
     # -- the mount's own files --------------------------------------------------
 
@@ -358,22 +486,28 @@ class Tree:
         raise DatasetNotFoundError(f"/{path}: no such file; {INTERNAL}/ holds status and log")
 
     async def status(self) -> bytes:
-        """The status file: made when read, again only after a change (COUNT(*) is slow)."""
+        """The status file, made when read.  The repositories' part is made again only
+        after a change (COUNT(*) is slow); the mount's part (open files, passthrough) at
+        every read."""
         known = self._status[0] if self._status is not None else None
-        key, data = await self.worker.run(self._status_if_changed, self.view, known)
-        if data is None:
+        key, found = await self.worker.run(self._status_if_changed, self.view, known)
+        if found is None:
             assert self._status is not None
-            return self._status[1]
-        self._status = (key, data)
-        return data
+            found = self._status[1]
+        else:
+            self._status = (key, found)
+        status = {**found, "mount": self._mount_status()}
+        return (json.dumps(status, indent=2) + "\n").encode()
 
-    def _status_if_changed(self, view: View, known: Hashable) -> tuple[Hashable, bytes | None]:
+    @staticmethod
+    def _status_if_changed(
+        view: View, known: Hashable
+    ) -> tuple[Hashable, dict[str, object] | None]:
         key = _listing_key(view)
-        return (key, None) if key == known else (key, self._status_bytes(view))
+        return (key, None) if key == known else (key, view.status())
 
-    def _status_bytes(self, view: View) -> bytes:
-        status = view.status()
-        status["mount"] = {
+    def _mount_status(self) -> dict[str, object]:
+        return {
             "mountpoint": self.settings.mountpoint,
             "source": self.settings.source,
             "pid": os.getpid(),
@@ -381,8 +515,10 @@ class Tree:
             "scratch": None if self.scratch.directory is None else str(self.scratch.directory),
             "log": self.settings.log_file,
             "autodefine": self.settings.autodefine,
+            "drafts": len(self.drafts),
+            "draft_bytes_in_memory": self.scratch.memory_used,
+            **self.io_status(),
         }
-        return (json.dumps(status, indent=2) + "\n").encode()
 
     def _internal_entry(self, path: str, data: bytes) -> Entry:
         return Entry(path, False, 0o444, len(data), time.time_ns(), volatile=True)
@@ -485,12 +621,13 @@ class Tree:
 
     async def changes(self) -> list[str]:
         """Paths changed since the last call, by anyone (this mount included)."""
-        async with self.lock:
+        async with self.lock.exclusive():
             self._token, paths = await self.worker.run(self.view.changes_since, self._token)
         for path in paths:
             self.cache.drop(path)
         self.check_revision()
         self._forget_absent(paths)
+        self._learn(paths)
         return paths
 
     def forget_cached(self) -> None:
@@ -501,10 +638,11 @@ class Tree:
         self._listings.clear()
         self._status = None
         self._forget_absent(list(self._absent))
+        self._clear_complete()
 
     async def reload(self) -> None:
         """Open the source again (SIGHUP): new repositories, policies, labels."""
-        async with self.lock:
+        async with self.lock.exclusive():
             view = await self.worker.run(self._reopen)
             old, self.view = self.view, view
             self.cache.clear()
@@ -513,5 +651,6 @@ class Tree:
             self._status = None
             self._forget_absent(list(self._absent))
             self._absent_revision = view.revision
+            self._clear_complete()
             self._token = await self.worker.run(view.token)
         await self.worker.run(old.butler.close)

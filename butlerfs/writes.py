@@ -19,10 +19,14 @@ Every call that changes repositories holds the tree's lock (see butlerfs.tree).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import posixpath
+from pathlib import Path
+
+import trio
 
 from butler import formats
 from butler.errors import ButlerError, DatasetNotFoundError, FormatError
@@ -38,6 +42,14 @@ from butlerfs.scratch import Draft, is_scratch_path
 from butlerfs.tree import Tree, dataset_paths
 
 log = logging.getLogger("butlerfs")
+
+#: A closing process with more descriptors than this is looked at in a worker thread
+#: (one /proc read each); a cp, a pipeline task holds a few dozen.
+HOLDS_AT_ONCE = 256
+
+#: A draft made for a writer that was told to look its path up again (ESTALE) is
+#: dropped if no open has claimed it after this long (the kernel retries at once).
+UNCLAIMED_SECONDS = 10.0
 
 
 class Writes:
@@ -81,7 +93,14 @@ class Writes:
     async def _classify(self, path: str) -> WriteTarget:
         """What a file at ``path`` would be put as; EROFS / EACCES with the reason."""
         view = self.tree.view
-        target = await self.worker.run(view.classify_write, path)
+        target = None
+        if locate(path).area is Area.UNION:
+            # Templates and the policy, in memory: answered at once (a .repos/ path may
+            # read its repository's configuration, so it goes to a worker).
+            with contextlib.suppress(RuntimeError):  # the policy changed under us (the poll)
+                target = view.classify_write(path)
+        if target is None:
+            target = await self.worker.run(view.classify_write, path)
         if target.define_genre is not None and not self.tree.settings.autodefine:
             raise view.undefined_type_error(path, target)
         return target
@@ -89,12 +108,15 @@ class Writes:
     # -- drafts ------------------------------------------------------------------
 
     async def create(self, path: str, mode: int) -> Draft:
-        """A new draft at ``path``: a scratch name, or a template path an output accepts."""
+        """A new draft at ``path``: a scratch name, or a template path an output accepts.
+        It starts in memory (butlerfs.scratch): no file, no thread."""
         self.check_writable(path)
         content = None
         if not is_scratch_path(path):
             content = (await self._classify(path)).content_format
-        return await self._new_draft(path, None, 0, mode & 0o777 or 0o644, content)
+        draft = scratch.in_memory(path, mode & 0o777 or 0o644, content)
+        self.tree.drafts.add(draft)
+        return draft
 
     async def open_for_writing(self, path: str) -> Draft:
         """The draft to write at ``path``: the open one, or a new one based on the dataset."""
@@ -141,6 +163,11 @@ class Writes:
         draft.handles += 1
         draft.writers += writable
 
+    def detach(self, draft: Draft, writable: bool) -> None:
+        """Undo :meth:`attach` of an open that is refused after all (nothing written)."""
+        draft.handles -= 1
+        draft.writers -= writable
+
     async def write(self, draft: Draft, offset: int, data: bytes) -> int:
         """Write to the draft; bytes at offset 0 must be able to begin its format's file."""
         storage = draft.content_format
@@ -150,7 +177,7 @@ class Writes:
             else:  # the first use of a format imports its library (astropy...)
                 await self.worker.run(_check_start, storage, data, draft.path)
                 self._formats_loaded.add(storage)
-        return await scratch.write(draft, self.worker, offset, data)
+        return await scratch.write(draft, self.tree.scratch, self.worker, offset, data)
 
     def ready_to_commit(self, draft: Draft) -> bool:
         """At the close of a writer: is it the last writer of a changed template-path draft?"""
@@ -165,7 +192,11 @@ class Writes:
             return  # a killed task's close is never a put
         if not self.ready_to_commit(draft):
             return
-        if await self.worker.run(holds_for_writing, pid, inode):
+        # /proc reads never wait for a disk: at once, unless the process has many files.
+        holds = holds_for_writing(pid, inode, most=HOLDS_AT_ONCE)
+        if holds is None:
+            holds = await self.worker.run(holds_for_writing, pid, inode)
+        if holds:
             return  # a duplicate was closed (dup, numpy's tofile): its last close commits
         await self.commit(draft)
 
@@ -188,7 +219,7 @@ class Writes:
         draft.handles -= 1
         draft.writers -= writable
         if draft.discarded:
-            if draft.handles == 0:
+            if draft.handles == 0 and scratch.has_file(draft):
                 await self.worker.run(scratch.close_file, draft)
             return
         if not writable or draft.writers > 0 or draft.is_scratch:
@@ -200,19 +231,32 @@ class Writes:
             await self.discard(draft)
 
     async def commit(self, draft: Draft, path: str | None = None) -> list[DatasetRef]:
-        """Put the draft's bytes as the dataset at ``path`` (default: its own path)."""
+        """Put the draft's bytes as the dataset at ``path`` (default: its own path).
+
+        Puts share the tree's lock, so that closes arriving together reach the library
+        together (it commits them as one batch); a put that must define its dataset type
+        first (``-o autodefine``) takes it alone.
+        """
         tree = self.tree
         target = draft.path if path is None else path
         await scratch.prepare(draft, self.worker)
         draft.dirty = False  # consumed, whether the put succeeds or not: no retry at release
+        payload = scratch.payload(draft)  # the bytes of a draft in memory, as they are now
+        file = draft.file
+        if payload is not None:
+            file = tree.scratch.new_name(posixpath.splitext(target)[1])
         failure = None
-        async with tree.lock:
+        try:
             try:
-                refs = await self.worker.run(self._put, draft, target)
-            except ButlerError as exc:
-                # The library names the scratch file, which means nothing to the user.
-                reason = str(exc).replace(str(draft.file), f"the bytes written to /{target}")
-                failure = refusal(errno_of(exc), f"/{target}: nothing was put: {reason}")
+                async with tree.lock.shared():
+                    refs = await self.worker.run(self._put, draft, target, payload, file, False)
+            except _MustDefine:
+                async with tree.lock.exclusive():
+                    refs = await self.worker.run(self._put, draft, target, payload, file, True)
+        except ButlerError as exc:
+            # The library names the scratch file, which means nothing to the user.
+            reason = str(exc).replace(str(file), f"the bytes written to /{target}")
+            failure = refusal(errno_of(exc), f"/{target}: nothing was put: {reason}")
         if failure is not None:
             raise failure  # outside the except: nothing keeps the failed put's frames alive
         tree.changed_here(target)
@@ -224,23 +268,40 @@ class Writes:
         log.info("put /%s: %s v%d to %s", target, refs[0].dataset_type, refs[0].version, labels)
         return refs
 
-    def _put(self, draft: Draft, path: str) -> list[DatasetRef]:
+    def _put(
+        self, draft: Draft, path: str, payload: bytes | None, file: Path | None, define: bool
+    ) -> list[DatasetRef]:
+        """The put, in a worker: ``payload`` (a draft in memory) is written to ``file`` for
+        the library to ingest, and removed after; else the draft's own file is put."""
         view = self.tree.view
         target = view.classify_write(path)
         if target.define_genre is not None:
             if not self.tree.settings.autodefine:
                 raise view.undefined_type_error(path, target)
+            if not define:
+                raise _MustDefine
             view.butler.define(target.dataset_type, genre=target.define_genre)
             view.refresh()
-        self.tree.scratch.with_suffix(draft, posixpath.splitext(path)[1])
+        if payload is None:
+            self.tree.scratch.with_suffix(draft, posixpath.splitext(path)[1])
+            file = draft.file
+        else:
+            assert file is not None
+            self.tree.scratch.written(file, payload)
+        assert file is not None
         provenance = {"butlerfs": {"mountpoint": self.tree.settings.mountpoint, "path": path}}
-        return view.butler.ingest(
-            draft.file,
-            target.dataset_type,
-            dict(target.data_id),
-            provenance=provenance,
-            outputs=target.outputs,  # a .repos/<label>/ path: that output alone
-        )
+        try:
+            return view.butler.ingest(
+                file,
+                target.dataset_type,
+                dict(target.data_id),
+                provenance=provenance,
+                outputs=target.outputs,  # a .repos/<label>/ path: that output alone
+            )
+        finally:
+            if payload is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(file)
 
     async def discard(self, draft: Draft) -> None:
         """Forget a draft; its file goes now, its fds with the last handle."""
@@ -249,18 +310,39 @@ class Writes:
             tree.drafts.pop(draft.path)
             tree.changed_here(draft.path)  # the kernel's entry was the draft's
         draft.discarded = True
-        await self.worker.run(scratch.close_file, draft)
+        tree.scratch.forget_memory(draft)
+        if scratch.has_file(draft):
+            await self.worker.run(scratch.close_file, draft)
+
+    async def truncate_draft(self, draft: Draft) -> None:
+        """Empty an open draft (``open`` with ``O_TRUNC``): the version it was based on is
+        never copied in."""
+        await scratch.truncate(draft, self.tree.scratch, self.worker, 0)
+
+    def reclaim_unclaimed(self, draft: Draft) -> None:
+        """Drop ``draft`` later if no open claims it (a writer told ESTALE to look its path
+        up again may never come back: /proc/PID/fd/N cannot be looked up again)."""
+        trio.lowlevel.spawn_system_task(self._reclaim, draft, name="butlerfs: unclaimed draft")
+
+    async def _reclaim(self, draft: Draft) -> None:
+        await trio.sleep(UNCLAIMED_SECONDS)
+        if draft.handles or draft.discarded or draft.dirty:
+            return
+        try:
+            await self.discard(draft)
+        except Exception as exc:  # a system task must not raise: it would end the mount
+            log.warning("dropping the unclaimed draft of /%s: %s", draft.path, exc)
 
     async def truncate(self, path: str, size: int) -> Entry:
         """``truncate``/``O_TRUNC``: of a draft, in place; of a dataset, a new version now."""
         tree = self.tree
         draft = tree.drafts.get(path)
         if draft is not None:
-            await scratch.truncate(draft, self.worker, size)
+            await scratch.truncate(draft, tree.scratch, self.worker, size)
             return tree.draft_entry(draft)
         draft = await self.open_for_writing(path)
         try:
-            await scratch.truncate(draft, self.worker, size)
+            await scratch.truncate(draft, tree.scratch, self.worker, size)
             await self.commit(draft)
         finally:
             await self.discard(draft)
@@ -287,8 +369,7 @@ class Writes:
                 f"/{path}: no dataset type's template has such a directory; see the "
                 "templates in .butler/status",
             )
-        parent, name = posixpath.split(path)
-        tree.made.setdefault(parent, set()).add(name)
+        tree.make_directory(path)
         return tree.known(path) or await tree.stat(path)
 
     async def rmdir(self, path: str) -> None:
@@ -314,7 +395,7 @@ class Writes:
         if entry.ref is None:
             raise refusal(errno.EISDIR, f"/{path} is a directory")
         ref = entry.ref
-        async with tree.lock:
+        async with tree.lock.shared():
             labels = await self.worker.run(self._remove, ref, path)
         tree.changed_here(path)
         for label in labels:  # the same dataset in the other namespaces
@@ -382,3 +463,7 @@ def _check_start(storage: str, data: bytes, path: str) -> None:
             f"/{path}: {exc}; nothing was written (write a {storage} file, or name the file "
             "with the extension of its format)"
         ) from None
+
+
+class _MustDefine(Exception):
+    """The put must define its dataset type first: it is retried holding the lock alone."""

@@ -7,12 +7,16 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: mount/install.sh [--prefix DIR] [--source DIR]
+usage: mount/install.sh [--prefix DIR] [--source DIR] [--passthrough]
 
   --prefix DIR   where the virtual environment goes (default /opt/butlerfs);
                  it must be readable by every user who mounts
   --source DIR   the butlerfs checkout to install (default: the one holding
                  this script)
+  --passthrough  also build FUSE passthrough into PREFIX/venv (libfuse 3.17 and a
+                 patched pyfuse3, tools/build-passthrough.sh; docs/passthrough.md):
+                 root mounts then read datasets at the disk's speed.  Needs the
+                 network once; if the build fails, the install goes on without it
 
 Installs, as root:
   system packages   fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc
@@ -28,12 +32,14 @@ EOF
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 prefix=/opt/butlerfs
 source_dir=$(dirname "$here")
+passthrough=0
 while (($#)); do
     case $1 in
     --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
     --prefix=*) prefix=${1#*=}; shift ;;
     --source) source_dir=${2:?--source needs a directory}; shift 2 ;;
     --source=*) source_dir=${1#*=}; shift ;;
+    --passthrough) passthrough=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "install.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -45,6 +51,8 @@ source "$here/layout.sh"
 # directory other users cannot enter.
 PYTHON_BASE=/usr/bin/python3
 SYSTEM_PACKAGES=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
+# --passthrough: apt-get source and dpkg-source unpack Debian's libfuse 3.17.
+((passthrough)) && SYSTEM_PACKAGES+=(dpkg-dev)
 
 say() { printf 'butlerfs install: %s\n' "$*"; }
 die() { printf 'butlerfs install: error: %s\n' "$*" >&2; exit 1; }
@@ -99,6 +107,11 @@ say "installing butlerfs from $source_dir into $prefix/venv"
     --no-warn-script-location "$build"
 version=$("$prefix/venv/bin/python" -c 'import butler; print(butler.__version__)')
 say "installed butlerfs $version"
+if ((passthrough)); then
+    # Its own messages say what it did; a failed build leaves PyPI's pyfuse3 and exits 0.
+    "$source_dir/tools/build-passthrough.sh" "$prefix/venv"
+    chmod -R a+rX "$prefix/venv"
+fi
 
 # 4. Commands on every user's PATH.
 link() { # link TARGET NAME: a symbolic link, replacing only a link (never a real file)

@@ -9,11 +9,18 @@ printed at teardown, which pytest shows only for a failed test.
 
 Without /dev/fuse or fusermount3 the mount tests skip, except under CI=true, where
 they fail: there FUSE is expected.
+
+Read paths (docs/mount.md, "Reads at the kernel's speed"): a mount uses FUSE passthrough
+where it can.  ``start_mount(..., reads="daemon")`` mounts with ``-o passthrough=off``;
+``reads="passthrough"`` checks that passthrough is on (outside CI a machine without it
+skips; under CI=true it fails).  Tests taking the ``read_path`` fixture run with both.
+``BUTLERFS_TEST_READS=daemon`` runs every other mount of the suite without passthrough.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import signal
@@ -23,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 
@@ -62,6 +70,42 @@ def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
+
+
+#: Every read path a mount can serve committed datasets through.
+READ_PATHS = ("passthrough", "daemon")
+
+
+def read_options(reads: str | None) -> list[str]:
+    """Mount options for a read path (None: the suite's default, BUTLERFS_TEST_READS)."""
+    if reads is None:
+        reads = os.environ.get("BUTLERFS_TEST_READS", "passthrough")
+    if reads not in READ_PATHS:
+        raise ValueError(f"reads={reads!r}: one of {READ_PATHS}")
+    return ["-o", "passthrough=off"] if reads == "daemon" else []
+
+
+class Reachable(Protocol):
+    """A mount whose files can be named (a :class:`Mount`, or one in another namespace)."""
+
+    def path(self, relative: str) -> Path: ...
+
+
+def mount_status(mount: Reachable) -> dict[str, Any]:
+    """The ``mount`` part of MOUNT/.butler/status (passthrough, open files, reads served)."""
+    status = json.loads(mount.path(".butler/status").read_text())
+    result: dict[str, Any] = status["mount"]
+    return result
+
+
+def require_passthrough(mount: Mount) -> None:
+    """Passthrough must be on for this mount: skip outside CI if the machine cannot."""
+    state = mount_status(mount)["passthrough"]
+    if state == "on":
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"FUSE passthrough is expected under CI (as root) but it is {state}")
+    pytest.skip(f"FUSE passthrough is {state}")
 
 
 def butlerfs_command(*args: str) -> list[str]:
@@ -157,6 +201,18 @@ class Mount:
         wait_for(self._mounted_or_dead, MOUNT_DEADLINE, f"the mount on {self.mountpoint}")
         if not os.path.ismount(self.mountpoint):
             pytest.fail(f"the daemon exited with {self.process.poll()}:\n{self.log()}")
+        # Mounted is not ready: the daemon stats its mountpoint before it says "mounted",
+        # and an unmount during that stat fails (EBUSY).  As `butlerfs mount` without -f
+        # does, return once it said so.
+        wait_for(
+            lambda: (
+                " INFO mounted " in self.log()
+                or self.process is None
+                or self.process.poll() is not None
+            ),
+            MOUNT_DEADLINE,
+            f"the daemon on {self.mountpoint} to say it is ready",
+        )
         return self
 
     def _mounted_or_dead(self) -> bool:
@@ -223,17 +279,26 @@ MountFactory = Callable[..., Mount]
 
 @pytest.fixture
 def start_mount(tmp_path: Path) -> Iterator[MountFactory]:
-    """``start_mount(*args, mountpoint=None, wrapper=())`` → a running Mount; all checked at
-    teardown."""
+    """``start_mount(*args, mountpoint=None, wrapper=(), reads=None)`` → a running Mount;
+    all checked at teardown.  ``reads``: "passthrough" or "daemon" (see the module's
+    docstring); None: the suite's default."""
     require_fuse()
     started: list[Mount] = []
 
-    def start(*args: str, mountpoint: Path | None = None, wrapper: Sequence[str] = ()) -> Mount:
+    def start(
+        *args: str,
+        mountpoint: Path | None = None,
+        wrapper: Sequence[str] = (),
+        reads: str | None = None,
+    ) -> Mount:
         index = len(started)
         where = mountpoint or tmp_path / f"mnt{index}"
         mount = Mount(where, tmp_path / f"daemon{index}.log")
         started.append(mount)
-        return mount.start(*args, wrapper=wrapper)
+        mount.start(*args, *read_options(reads), wrapper=wrapper)
+        if reads == "passthrough":
+            require_passthrough(mount)
+        return mount
 
     yield start
     try:
@@ -245,6 +310,13 @@ def start_mount(tmp_path: Path) -> Iterator[MountFactory]:
     finally:
         for mount in started:
             mount.cleanup()
+
+
+@pytest.fixture(params=READ_PATHS)
+def read_path(request: pytest.FixtureRequest) -> str:
+    """Each read path in turn: pass it as ``start_mount(..., reads=read_path)``."""
+    result: str = request.param
+    return result
 
 
 @pytest.fixture

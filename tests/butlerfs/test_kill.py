@@ -29,6 +29,7 @@ from tests.butlerfs.conftest import (
     Mount,
     MountFactory,
     environment,
+    mount_status,
     scratch_files,
     wait_for,
 )
@@ -82,7 +83,7 @@ def test_cp_killed_mid_file_puts_nothing(
     target.parent.mkdir(parents=True)
     cp, pipe = cp_from_fifo(fifo, target, whole[: 256 * 1024])
     try:
-        assert drafts_left(layout)  # the draft exists while cp writes
+        assert mount_status(mounted)["drafts"] == 1  # the draft exists while cp writes
         cp.send_signal(signal.SIGKILL)
         assert cp.wait(DEADLINE) == -signal.SIGKILL
     finally:
@@ -92,7 +93,8 @@ def test_cp_killed_mid_file_puts_nothing(
     # The kernel closed cp's file as it died: its flush is answered before cp is reaped.
     assert not target.exists()
     assert not exists(layout, "calexp", 5, 1)
-    wait_for(lambda: not drafts_left(layout), DEADLINE, "the draft to be deleted")
+    wait_for(lambda: mount_status(mounted)["drafts"] == 0, DEADLINE, "the draft dropped")
+    assert not drafts_left(layout)
     assert "killed by a signal" in mounted.path(".butler/log").read_text()
     # The same path is written whole afterwards, as usual.
     (tmp_path / "again.fits").write_bytes(whole)
@@ -133,7 +135,8 @@ def test_a_killed_writer_of_a_valid_prefix_puts_nothing(mounted: Mount, layout: 
     assert not target.exists()
     with layout.butler() as butler:
         assert not butler.exists("visitInfo", visit=6)
-    wait_for(lambda: not drafts_left(layout), DEADLINE, "the draft to be deleted")
+    wait_for(lambda: mount_status(mounted)["drafts"] == 0, DEADLINE, "the draft dropped")
+    assert not drafts_left(layout)
 
 
 def test_a_writer_exiting_without_close_still_puts(mounted: Mount, layout: Layout) -> None:

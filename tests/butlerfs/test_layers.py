@@ -17,6 +17,7 @@ ORDER = [
     "operations",
     "live",
     "access",
+    "passthrough",
     "handles",
     "attributes",
     "xattrs",

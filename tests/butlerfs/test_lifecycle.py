@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from butler import Butler, DataRepository
+from butlerfs.scratch import MEMORY_DRAFT_MOST
 from tests.butler.conftest import STANDARD_POLICY, exposure_path, make_image, settle
 from tests.butlerfs.conftest import (
     CALEXP_1_1,
@@ -81,7 +82,8 @@ with Butler({str(layout.aggregator)!r}) as butler:
 
 
 def test_sigterm_unmounts_cleanly(mounted: Mount, layout: Layout) -> None:
-    (mounted.path(CALEXP_3_2).parent / ".unfinished").write_bytes(b"scratch")
+    # Larger than a draft kept in memory: it has a scratch file.
+    (mounted.path(CALEXP_3_2).parent / ".unfinished").write_bytes(bytes(MEMORY_DRAFT_MOST + 1))
     assert scratch_files(layout)  # the scratch directory exists while mounted
     mounted.terminate(signal.SIGTERM)
     assert scratch_files(layout) == []
@@ -94,7 +96,8 @@ def test_sigint_unmounts_cleanly(mounted: Mount, layout: Layout) -> None:
 
 
 def test_umount_leaves_no_process_mount_or_scratch(mounted: Mount, layout: Layout) -> None:
-    (mounted.path(CALEXP_3_2).parent / ".unfinished").write_bytes(b"scratch")
+    (mounted.path(CALEXP_3_2).parent / ".unfinished").write_bytes(bytes(MEMORY_DRAFT_MOST + 1))
+    assert scratch_files(layout)
     mounted.unmount()
     assert scratch_files(layout) == []
 

@@ -52,3 +52,12 @@ def test_allow_users_needs_allow_other_and_is_not_passed_to_fuse() -> None:
     assert not any(option.startswith("allow_users") for option in parsed.fuse)
     with pytest.raises(ConfigError, match="needs allow_other"):
         options.parse(["allow_users=alice"], "s")
+
+
+def test_passthrough_is_auto_unless_turned_off() -> None:
+    assert options.parse([], "s").passthrough == "auto"
+    parsed = options.parse(["passthrough=off"], "s")
+    assert parsed.passthrough == "off"
+    assert not any(option.startswith("passthrough") for option in parsed.fuse)
+    with pytest.raises(ConfigError, match="passthrough=on: give one of auto, off"):
+        options.parse(["passthrough=on"], "s")

@@ -94,8 +94,10 @@ def forced_stat(fd: int) -> tuple[int, int]:
     return inode, size
 
 
-def test_held_files_and_maps_keep_their_version(repo: Path, start_mount: MountFactory) -> None:
-    mount = start_mount(str(repo))
+def test_held_files_and_maps_keep_their_version(
+    repo: Path, start_mount: MountFactory, read_path: str
+) -> None:
+    mount = start_mount(str(repo), reads=read_path)
     path = mount.path(INFO.format(1))
     first = version_bytes(repo, 1, 1)
     with open(path, "rb") as held:
@@ -135,9 +137,9 @@ def test_held_files_and_maps_keep_their_version(repo: Path, start_mount: MountFa
 
 
 def test_a_map_keeps_its_version_while_the_path_is_overwritten_through_the_mount(
-    repo: Path, start_mount: MountFactory, tmp_path: Path
+    repo: Path, start_mount: MountFactory, tmp_path: Path, read_path: str
 ) -> None:
-    mount = start_mount(str(repo))
+    mount = start_mount(str(repo), reads=read_path)
     path = mount.path(INFO.format(2))
     first = version_bytes(repo, 2, 1)
     with open(path, "rb") as held:
@@ -158,9 +160,9 @@ def test_a_map_keeps_its_version_while_the_path_is_overwritten_through_the_mount
 
 
 def test_a_new_version_shows_within_a_second_each_time(
-    repo: Path, start_mount: MountFactory
+    repo: Path, start_mount: MountFactory, read_path: str
 ) -> None:
-    mount = start_mount(str(repo))
+    mount = start_mount(str(repo), reads=read_path)
     path = mount.path(INFO.format(2))
     for number in range(2, 6):
         assert path.read_bytes()  # cached by the kernel, pages and all
@@ -218,9 +220,9 @@ READER = textwrap.dedent(
 
 
 def test_readers_see_one_whole_version_while_writers_put(
-    repo: Path, start_mount: MountFactory
+    repo: Path, start_mount: MountFactory, read_path: str
 ) -> None:
-    mount = start_mount(str(repo))
+    mount = start_mount(str(repo), reads=read_path)
     env = environment()
     readers = [
         subprocess.Popen(

@@ -14,7 +14,15 @@ import pytest
 from astropy.io import fits
 
 from tests.butler.conftest import exposure_path, image_array, make_image
-from tests.butlerfs.conftest import CALEXP_3_2, RAW_1_1, Layout, Mount, scratch_files
+from tests.butlerfs.conftest import (
+    CALEXP_3_2,
+    RAW_1_1,
+    VISIT_INFO_1,
+    Layout,
+    Mount,
+    MountFactory,
+    scratch_files,
+)
 
 pytestmark = pytest.mark.mount
 
@@ -62,6 +70,27 @@ def test_cp_over_a_dataset_makes_a_new_version(
     assert (versions / "v1.fits").read_bytes() == before
     with layout.butler() as butler:
         assert [r.version for r in butler.versions("calexp", visit=3, ccd=2)] == [1, 2]
+
+
+def test_a_shorter_file_written_over_a_dataset_replaces_it_whole(
+    layout: Layout, start_mount: MountFactory, tmp_path: Path, read_path: str
+) -> None:
+    """open(O_TRUNC) empties the draft: libfuse asks for atomic O_TRUNC, so the kernel sends
+    no truncate of its own (once, nothing did, and the old version's tail stayed)."""
+    mount = start_mount(str(layout.aggregator), reads=read_path)
+    path = mount.path(VISIT_INFO_1)
+    before = path.read_bytes()
+    shorter = b"filter: g\n"
+    assert len(shorter) < len(before)
+    (tmp_path / "short.yaml").write_bytes(shorter)
+    result = tool("cp", str(tmp_path / "short.yaml"), str(path))
+    assert result.returncode == 0, result.stderr
+    assert path.read_bytes() == shorter
+    with open(path, "w") as rewritten:  # O_TRUNC, then a write through Python
+        rewritten.write("filter: i\n")
+    assert path.read_bytes() == b"filter: i\n"
+    with layout.butler() as butler:
+        assert butler.get("visitInfo", visit=1) == {"filter": "i"}
 
 
 def test_rsync_creates_every_dataset_and_leaves_no_temporary(

@@ -230,14 +230,15 @@ def install(prefix: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="session")
 def installation() -> Iterator[Installation]:
-    """``mount/install.sh --prefix /tmp/butlerfs-prefix-XXXX``, once per session."""
+    """``mount/install.sh --prefix /tmp/butlerfs-prefix-XXXX --passthrough``, once per
+    session (passthrough's build is cached in the checkout by ``make setup``)."""
     require_root()
     prefix_parent = world_readable_directory("butlerfs-prefix-")
     saved_dir = Path(tempfile.mkdtemp(prefix="butlerfs-saved-"))
     saved = [_save(path, saved_dir) for path in SYSTEM_PATHS]
     prefix = prefix_parent / "opt"
     try:
-        result = install(prefix)
+        result = install(prefix, "--passthrough")
         assert result.returncode == 0, f"install.sh failed:\n{result.stdout}\n{result.stderr}"
         yield Installation(prefix, result.stdout)
         result = run("bash", MOUNT_DIR / "uninstall.sh", "--prefix", prefix)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -48,6 +49,13 @@ def test_install_puts_every_piece_in_place(installation: Installation) -> None:
     assert (examples / "fstab.example").is_file()
     for step in ("virtual environment", "installed butlerfs", "mount helper", "butlerfs@.service"):
         assert step in installation.output
+
+
+def test_install_builds_passthrough_for_root_mounts(installation: Installation) -> None:
+    """--passthrough: the installed daemon can hand datasets to the kernel."""
+    python = installation.venv / "bin" / "python"
+    result = run(python, "-c", "import pyfuse3; print(getattr(pyfuse3, 'BUTLERFS_PATCH', 0))")
+    assert result.stdout.strip() == "1", f"{result.stdout}{result.stderr}{installation.output}"
 
 
 def test_installed_commands_run_for_any_user(installation: Installation) -> None:
@@ -135,6 +143,9 @@ def test_mount_by_type(installation: Installation, samples: Path, fs_type: str) 
         assert entry is not None, "mount returned before the mount was live"
         assert "ro" in entry.options
         check_mount(mountpoint, samples)
+        # Mounted by root with the --passthrough installation: the kernel reads the files.
+        status = json.loads((mountpoint / ".butler" / "status").read_text())
+        assert status["mount"]["passthrough"] == "on", status["mount"]
         unmount(mountpoint)
     finally:
         force_unmount(mountpoint)
