@@ -33,6 +33,7 @@ from common import (
     CpuCounters,
     Row,
     Stats,
+    create_probe,
     fmt_ratio,
     fmt_time,
     fsync_probe,
@@ -676,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     counters = CpuCounters.now()
     try:
         fsync = fsync_probe(root)
+        creates = [create_probe(root)]
         info = [
             *machine(root),
             (
@@ -694,6 +696,15 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_put_large(root, reps, image)
         rows += bench_get(root, reps, image)
         scale_rows, points = bench_scale(root, reps, args.sizes)
+        creates.append(create_probe(root))
+        info.append(
+            (
+                "file create",
+                "empty file, no fsync: median "
+                + " at the start, ".join(fmt_time(each.median) for each in creates)
+                + " at the end",
+            )
+        )
     finally:
         if args.keep:
             log(f"kept {root}")

@@ -20,7 +20,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from butler import formats, layout, transaction
+from butler import formats, layout, removal, transaction
 from butler.aggregator import MemberItem, build_spec, is_aggregator_file, load_aggregator
 from butler.confine import fd_path
 from butler.durable import hash_fd
@@ -392,7 +392,7 @@ class Butler:
                 )
             members = [m for m in members if m.label in outputs]
         repos = [member.repo for member in members if member.exists]
-        done = {repo.path for repo in transaction.remove(repos, datasetType, coerced)}
+        done = {repo.path for repo in removal.remove(repos, datasetType, coerced)}
         removed = [member.label for member in members if member.exists and member.path in done]
         if not removed:
             where = "no output" if outputs is None else f"none of the outputs {sorted(outputs)}"

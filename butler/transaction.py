@@ -1,4 +1,4 @@
-"""The all-or-nothing duplicated put, and removal, across outputs.
+"""The all-or-nothing duplicated put across outputs, committed in groups.
 
 A put of one dataset to outputs O1…On (docs/design.md has the safety argument):
 
@@ -16,38 +16,28 @@ A put of one dataset to outputs O1…On (docs/design.md has the safety argument)
 4. **Apply** each output (:mod:`butler.apply`) and commit its registry rows: the put
    is visible.  Its journal stays until settled (:mod:`butler.settle`).
 
-A removal follows the same steps with a removal journal; its apply takes the
-file off its template path (the version keeps its name) and marks it removed.
-
-Partial-failure policy, stated once: a failure before the commit point leaves no
-output changed (no file, no row, no butler.yaml change) and raises with the
-errno that says why; after it, only a crash or a lost disk stops apply, and the
-next open (or ``butler repair``) completes it in every output.
+A removal follows the same steps with a removal journal (:mod:`butler.removal`).
+What the two share, and the partial-failure policy, is in :mod:`butler.steps`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import errno
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from butler import faults, layout
-from butler.apply import apply_put, apply_removal, commit
-from butler.durable import fsync_directory, write_new
+from butler.apply import apply_put, commit
+from butler.durable import fsync_directory
 from butler.errors import (
     ButlerError,
-    RegistryDamagedError,
-    RepositoryError,
     TransactionError,
-    reason_of,
 )
 from butler.group import GroupCommit
-from butler.journal import PutEntry, RemovalEntry, encode, new_txid, with_inline
+from butler.journal import PutEntry, new_txid
 from butler.prepare import (
     INLINE_LIMIT,
     Definition,
@@ -59,12 +49,19 @@ from butler.prepare import (
     discard,
     entry_for,
     prepare_put,
-    prepare_removal,
     stage,
     unlink_all,
 )
-from butler.registry import canonical_data_id
 from butler.repository import DataRepository
+from butler.steps import (
+    Failure,
+    each,
+    error_before_commit,
+    first_failure,
+    not_applied,
+    settle_if_due,
+    write_journals,
+)
 
 T = TypeVar("T")
 
@@ -187,20 +184,18 @@ def _stage(
     request = _Put(targets, dataset_type, data_id, payloads, provenance, txid, staged)
     # Small payloads are written without fsync: a thread hop would cost more than it saves.
     flushed = any(payloads[p.storage].size > INLINE_LIMIT for _, _, p in staged)
-    results = _each(
-        lambda item: stage(item[0], item[1], payloads[item[2].storage]), staged, flushed
-    )
-    failure = _first_failure(results, [repo for repo, _, _ in staged])
+    results = each(lambda item: stage(item[0], item[1], payloads[item[2].storage]), staged, flushed)
+    failure = first_failure(results, [repo for repo, _, _ in staged])
     if failure is None:  # a large staged file's name must survive too: recovery reads it
         large = list(
             {repo.path: repo for repo, _, p in staged if payloads[p.storage].size > INLINE_LIMIT}
             .values()
         )  # fmt: skip
-        results = _each(lambda repo: fsync_directory(repo.root, layout.STAGING), large)
-        failure = _first_failure(results, large)
+        results = each(lambda repo: fsync_directory(repo.root, layout.STAGING), large)
+        failure = first_failure(results, large)
     if failure is not None:
         unlink_all((repo, layout.staged(name)) for repo, name, _ in staged)
-        raise _failed(*failure, f"{request.what} failed while writing")
+        raise error_before_commit(*failure, f"{request.what} failed while writing")
     faults.crash_point("staged")
     return request
 
@@ -225,7 +220,9 @@ def _commit(repos: Sequence[DataRepository], batch: list[_Put]) -> None:
             except Exception as exc:
                 for request in batch:
                     discard([], request.staged)
-                    request.fail(_failed(exc, repo, f"{request.what} failed while preparing"))
+                    request.fail(
+                        error_before_commit(exc, repo, f"{request.what} failed while preparing")
+                    )
                 return
             live = _prepare(batch, locked)
             if live:
@@ -235,7 +232,7 @@ def _commit(repos: Sequence[DataRepository], batch: list[_Put]) -> None:
         for request in batch:
             if not request.done:  # an unexpected error: it says what it is
                 request.fail(TransactionError(f"{request.what} failed; see the log"))
-        _settle_if_due(repos)
+        settle_if_due(repos)
 
 
 def _prepare(batch: list[_Put], locked: Mapping[Path, Locked]) -> list[tuple[_Put, list[Prepared]]]:
@@ -266,7 +263,7 @@ def _prepare(batch: list[_Put], locked: Mapping[Path, Locked]) -> list[tuple[_Pu
                     )
         except Exception as exc:
             discard(prepared, request.staged)
-            failed = _failed(exc, target.repo, f"{request.what} failed while preparing")
+            failed = error_before_commit(exc, target.repo, f"{request.what} failed while preparing")
             if failed is not exc:
                 failed.__cause__ = exc
             request.fail(failed)
@@ -280,11 +277,11 @@ def _commit_point(live: list[tuple[_Put, list[Prepared]]]) -> None:
     undone (its registry rows are rolled back with the transaction)."""
     items = [item for _, prepared in live for item in prepared]
     try:
-        _write_journals(items)
-    except _Failure as failure:
+        write_journals(items)
+    except Failure as failure:
         for request, prepared in live:
             discard(prepared, request.staged)
-            request.fail(_failed(failure.error, failure.repo, f"{request.what} failed"))
+            request.fail(error_before_commit(failure.error, failure.repo, f"{request.what} failed"))
         raise failure.error from None
     faults.crash_point("prepared")
 
@@ -327,199 +324,10 @@ def _apply(
     for request, prepared in live:
         failed = failures.get(id(request))
         if failed:
-            request.fail(_not_applied(request.what, failed))
+            request.fail(not_applied(request.what, failed))
         else:
             request.entries = [item.entry for item in prepared]  # type: ignore[misc]
             request.done = True
 
 
-def _settle_if_due(repos: Sequence[DataRepository]) -> None:
-    for repo in repos:
-        if repo.settlement.due():
-            try:
-                repo.settlement.settle()
-            except (ButlerError, OSError) as exc:  # not fatal: the journals stay
-                repo.problems.append(f"settling failed: {exc}")
-
-
-def _not_applied(
-    what: str, failures: list[tuple[DataRepository, BaseException]]
-) -> TransactionError:
-    where = "; ".join(f"{repo.label}: {reason_of(exc)}" for repo, exc in failures)
-    return TransactionError(
-        f"{what} is committed but not yet applied in {where}; it completes when the "
-        "repository is next opened, or run 'butler repair'",
-        errno=_errno_of(failures[0][1]),
-    )
-
-
-def remove(
-    repos: Sequence[DataRepository], dataset_type: str, data_id: Mapping[str, int | str]
-) -> list[DataRepository]:
-    """Remove the current version of a dataset from every repository in ``repos`` that
-    holds it, all or nothing.  Returns those it was removed from (maybe none)."""
-    txid = new_txid()
-    key = canonical_data_id(data_id)
-    what = f"removal of {dataset_type} {dict(data_id)}"
-    ordered = sorted({r.path: r for r in repos}.values(), key=lambda r: r.path)
-    with contextlib.ExitStack() as stack:
-        for repo in ordered:
-            stack.enter_context(repo.locks.repository())
-            stack.enter_context(repo.root.keeping_directories())
-        repo = ordered[0]
-        try:
-            locked = {}
-            holding = []
-            for repo in ordered:
-                locked[repo.path] = Locked.open(stack, repo)
-                rows = locked[repo.path].writer.current(dataset_type, key)
-                if rows:
-                    holding.append((repo, rows))
-            participants = tuple(str(each.path) for each, _ in holding)
-            committed = time.time()
-            prepared = []
-            for repo, rows in holding:
-                entry = RemovalEntry(
-                    txid,
-                    dataset_type,
-                    dict(data_id),
-                    rows[0].version,
-                    committed,
-                    tuple(row.path for row in rows),
-                    participants,
-                )
-                prepared.append(prepare_removal(locked[repo.path], entry))
-        except Exception as exc:
-            failed = _failed(exc, repo, f"{what} failed while preparing")
-            if failed is exc:
-                raise
-            raise failed from exc
-        if not prepared:
-            return []
-        try:
-            _write_journals(prepared)
-        except _Failure as failure:
-            discard(prepared, [])
-            raise _failed(failure.error, failure.repo, f"{what} failed") from failure.error
-        faults.crash_point("prepared")
-        failures: list[tuple[DataRepository, BaseException]] = []
-        for item in prepared:
-            try:
-                assert isinstance(item.entry, RemovalEntry)
-                apply_removal(item.repo, item.entry, item.writer)
-                commit(item.repo, item.writer, [item.entry])
-                item.repo.settlement.note(item.entry)
-            except Exception as exc:
-                failures.append((item.repo, exc))
-        if failures:
-            raise _not_applied(what, failures)
-    _settle_if_due(ordered)
-    return [item.repo for item in prepared]
-
-
-# -- the steps ---------------------------------------------------------------------
-
-
-class _Failure(Exception):
-    """A step failed in one output."""
-
-    def __init__(self, error: BaseException, repo: DataRepository) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.repo = repo
-
-
-def _write_journals(items: Sequence[Prepared]) -> None:
-    """Each item's journal, durably: the outputs side by side (one thread each), in each
-    its journals written and fsynced one after the other (after the first, an fsync finds
-    little left to flush), then its journal directory fsynced once."""
-    by_repo: dict[Path, list[Prepared]] = {}
-    for item in items:
-        by_repo.setdefault(item.repo.path, []).append(item)
-
-    def write(group: list[Prepared]) -> None:
-        root = group[0].repo.root
-        for item in group:
-            entry, payloads = item.entry, list[bytes]()
-            if isinstance(entry, PutEntry) and item.inline:
-                entry, payloads = with_inline(entry, item.inline)
-            write_new(root, layout.journal(entry.txid), encode(entry, payloads), sync=True)
-            faults.crash_point("journal")
-        fsync_directory(root, layout.JOURNAL)
-
-    groups = list(by_repo.values())
-    failure = _first_failure(_each(write, groups), [group[0].repo for group in groups])
-    if failure is not None:
-        for item in items:
-            item.repo.root.unlink(layout.journal(item.entry.txid))
-        raise _Failure(*failure)
-
-
-def _errno_of(exc: BaseException) -> int:
-    number = getattr(exc, "errno", None)
-    return number if isinstance(number, int) else errno.EIO
-
-
-def _failed(exc: BaseException, repo: DataRepository, doing: str) -> BaseException:
-    """The error to raise for a failure in ``repo`` before the commit point (nothing was
-    changed anywhere)."""
-    if isinstance(exc, ButlerError) and (
-        not isinstance(exc, RepositoryError | TransactionError)
-        or isinstance(exc, RegistryDamagedError)
-    ):
-        return exc  # its own message says what to do (exists, a link, a lost registry)
-    advice = {
-        errno.ENOSPC: "free space on that disk, then retry",
-        errno.EDQUOT: "free space within your quota, then retry",
-        errno.EROFS: "that filesystem is read-only; remount it read-write, then retry",
-        errno.EACCES: "make it writable for this user, then retry",
-        errno.EPERM: "clear what forbids it (an immutable flag, ownership), then retry",
-        errno.EMFILE: "too many open files in this process; close some, then retry",
-    }
-    number = _errno_of(exc)
-    return TransactionError(
-        f"{doing} in output {repo.label} ({repo.path}): {reason_of(exc)}; no output was "
-        f"changed; {advice.get(number, 'fix the output, then retry')}",
-        errno=number,
-    )
-
-
-# -- running one step in every output at once --------------------------------------------
-
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _each(
-    function: Callable[[T], object], items: Iterable[T], concurrently: bool = True
-) -> list[object]:
-    """``function`` over ``items`` (concurrently: fsync releases the GIL; the first item
-    runs in this thread); each result or the exception it raised."""
-    items = list(items)
-    if len(items) < 2 or not concurrently or faults.enabled():  # crash tests: fixed order
-        return [_call(function, item) for item in items]
-    global _pool
-    if _pool is None:
-        _pool = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="butler-put")
-    futures = [_pool.submit(_call, function, item) for item in items[1:]]
-    first = _call(function, items[0])
-    return [first, *(future.result() for future in futures)]
-
-
-def _call(function: Callable[[T], object], item: T) -> object:
-    try:
-        return function(item)
-    except BaseException as exc:
-        return exc
-
-
-def _first_failure(
-    results: Sequence[object], repos: Sequence[DataRepository]
-) -> tuple[BaseException, DataRepository] | None:
-    """The first exception among ``results`` and the repository it came from."""
-    for result, repo in zip(results, repos, strict=True):
-        if isinstance(result, BaseException):
-            return result, repo
-    return None
-
-
-__all__ = ["INLINE_LIMIT", "Definition", "Payload", "PlannedFile", "Target", "put", "remove"]
+__all__ = ["INLINE_LIMIT", "Definition", "Payload", "PlannedFile", "Target", "put", "put_many"]

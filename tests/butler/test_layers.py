@@ -25,6 +25,8 @@ ORDER = [
     "ordering",
     "aggregator",
     "transaction",
+    "removal",
+    "steps",
     "prepare",
     "recovery",
     "apply",
