@@ -20,6 +20,8 @@ import textwrap
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 from butler import Butler, DataRepository
 from butler.maintenance import verify
 from tests.butler.conftest import NOTE_POLICY, MakeRepo
@@ -84,6 +86,7 @@ READER = textwrap.dedent(
 )
 
 
+@pytest.mark.engines()
 def test_concurrent_writers_and_readers_lose_and_tear_nothing(
     make_repo: MakeRepo, tmp_path: Path
 ) -> None:

@@ -32,6 +32,7 @@ import pytest
 from butler import Butler, ButlerError, DataRepository
 from butler.maintenance import verify
 from tests.butler.conftest import STANDARD_POLICY, exposure_path
+from tests.pg import Cluster
 from tests.system import (
     User,
     fill,
@@ -264,9 +265,29 @@ def test_a_foreseeable_failure_changes_nothing(
 ) -> None:
     require_root()
     user = request.getfixturevalue("writer") if fault.as_user else None
+    changes_nothing(fault, shared_tmp, user, registry="sqlite")
+
+
+#: The faults of the files, met by root: the same with a PostgreSQL registry (a SQLite
+#: file's own faults, and a non-root writer's, who would need a role of its own there,
+#: are SQLite's).
+POSTGRES_FAULTS = [f for f in FAULTS if not f.as_user and "registry" not in f.name]
+
+
+@pytest.mark.parametrize("fault", POSTGRES_FAULTS, ids=[f.name for f in POSTGRES_FAULTS])
+def test_a_foreseeable_failure_changes_nothing_with_postgresql(
+    fault: Fault, shared_tmp: Path, postgres: Cluster
+) -> None:
+    require_root()
+    changes_nothing(fault, shared_tmp, None, registry=postgres.url())
+
+
+def changes_nothing(fault: Fault, shared_tmp: Path, user: User | None, registry: str) -> None:
+    """The fault makes the put fail with its errno, naming the output; nothing changed
+    in either output (files and registry rows); both open; the retry succeeds."""
     with _outputs(shared_tmp, fault) as (a, b):
         for repo in (a, b):
-            DataRepository.create(repo, policy=STANDARD_POLICY).close()
+            DataRepository.create(repo, policy=STANDARD_POLICY, registry=registry).close()
             with Butler(repo) as butler:  # closing settles the put
                 butler.put({"seen": "before"}, "visitInfo", visit=9)  # not empty
         setup = Setup(a, b, user)

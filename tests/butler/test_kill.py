@@ -25,6 +25,8 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from butler import Butler, DataRepository
 from butler.maintenance import verify
 from tests.butler.conftest import NOTE_POLICY, MakeRepo
@@ -128,6 +130,7 @@ def scan(repo: Path, visits: range) -> dict[int, list[tuple[int, str, str, bool]
     return found
 
 
+@pytest.mark.engines()
 def test_a_writer_killed_anywhere_leaves_all_or_nothing(
     make_repo: MakeRepo, tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ CONCURRENT_WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.engines()
 def test_writers_killed_among_live_ones_lose_nothing(make_repo: MakeRepo, tmp_path: Path) -> None:
     """Three writers put at once; one after another is killed at a random instant and
     replaced, while the others go on (their recoveries, settling and group commits run
