@@ -28,11 +28,11 @@ def remove(
     what = f"removal of {dataset_type} {dict(data_id)}"
     ordered = sorted({r.path: r for r in repos}.values(), key=lambda r: r.path)
     with contextlib.ExitStack() as stack:
-        for repo in ordered:
-            stack.enter_context(repo.locks.repository())
-            stack.enter_context(repo.root.keeping_directories())
         repo = ordered[0]
         try:
+            for repo in ordered:  # a lock that cannot be taken fails like any step here
+                stack.enter_context(repo.locks.repository())
+                stack.enter_context(repo.root.keeping_directories())
             locked = {}
             holding = []
             for repo in ordered:

@@ -4,7 +4,7 @@ to do, and settling when due.
 
 Partial-failure policy, stated once: a failure before the commit point leaves no
 output changed (no file, no row, no butler.yaml change) and raises with the errno
-that says why (:func:`failed`); after it, only a crash or a lost disk stops apply, and
+that says why (:func:`error_before_commit`); after it, only a crash or a lost disk stops apply, and
 the next open (or ``butler repair``) completes it in every output (:func:`not_applied`).
 """
 
